@@ -1,0 +1,702 @@
+//! Validated problem types for every operation of SPEC §5.
+//!
+//! A problem describes shapes and options; its constructor rejects every malformed shape, so a
+//! backend holding one can trust it. The `check_*` methods validate the caller's buffers (lengths,
+//! scale kinds) and the data-dependent inputs (`counts`, `topk_ids`) before any work starts; every
+//! backend calls them first, so nothing is ever half-written.
+
+use half::bf16;
+
+use crate::error::{ProblemError, ShapeDisplay};
+use crate::scale::{ScaleFormat, ScaleLayout, Scales, ScalesMut, GROUP};
+use crate::Numerics;
+
+type Result<T> = std::result::Result<T, ProblemError>;
+
+/// A read-only activation tensor in bf16 or f32.
+#[derive(Debug, Clone, Copy)]
+pub enum Activation<'a> {
+    /// bf16 values.
+    Bf16(&'a [bf16]),
+    /// f32 values.
+    F32(&'a [f32]),
+}
+
+impl Activation<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Activation::Bf16(x) => x.len(),
+            Activation::F32(x) => x.len(),
+        }
+    }
+
+    /// Whether it holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` widened to f32.
+    #[inline]
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Activation::Bf16(x) => x[i].to_f32(),
+            Activation::F32(x) => x[i],
+        }
+    }
+}
+
+fn product(tensor: &'static str, dims: &[usize]) -> Result<usize> {
+    let mut n: u128 = 1;
+    for &d in dims {
+        n *= d as u128;
+    }
+    // Keep every element count addressable by an i32-free 64-bit index and by `isize`.
+    if n > (isize::MAX as u128) / 8 {
+        return Err(ProblemError::TooLarge { tensor, elements: n });
+    }
+    Ok(n as usize)
+}
+
+fn multiple_of_128(tensor: &'static str, dim: &'static str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(ProblemError::TooSmall { tensor, dim, got: 0, min: GROUP });
+    }
+    if v % GROUP != 0 {
+        return Err(ProblemError::NotMultiple { tensor, dim, got: v, multiple: GROUP });
+    }
+    Ok(())
+}
+
+fn at_least(tensor: &'static str, dim: &'static str, v: usize, min: usize) -> Result<()> {
+    if v < min {
+        return Err(ProblemError::TooSmall { tensor, dim, got: v, min });
+    }
+    Ok(())
+}
+
+/// Checks that a buffer holds exactly the elements of `shape`.
+pub fn check_len(tensor: &'static str, got: usize, shape: &[usize]) -> Result<()> {
+    let expected: usize = shape.iter().product();
+    if got != expected {
+        return Err(ProblemError::Len { tensor, shape: ShapeDisplay(shape).to_string(), expected, got });
+    }
+    Ok(())
+}
+
+/// Checks `counts`: `E` entries, each in `[0, T]` (SPEC §1).
+pub fn check_counts(counts: &[i32], experts: usize, capacity: usize) -> Result<()> {
+    check_len("counts", counts.len(), &[experts])?;
+    for (expert, &c) in counts.iter().enumerate() {
+        if c < 0 || c as usize > capacity {
+            return Err(ProblemError::Count { expert, count: c as i64, capacity });
+        }
+    }
+    Ok(())
+}
+
+/// Clamps a device-style count into `[0, T]`, as the unchecked GPU mode does (SPEC §7).
+#[inline]
+pub fn clamp_count(c: i32, capacity: usize) -> usize {
+    (c.max(0) as usize).min(capacity)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Token-group quantization of a `(rows, K)` matrix (SPEC §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenGroupQuant {
+    rows: usize,
+    k: usize,
+    fmt: ScaleFormat,
+    layout: ScaleLayout,
+}
+
+impl TokenGroupQuant {
+    /// `rows >= 0`, `K` a positive multiple of 128; scales in `fmt` with the given layout.
+    pub fn new(rows: usize, k: usize, fmt: ScaleFormat, layout: ScaleLayout) -> Result<Self> {
+        multiple_of_128("x", "K", k)?;
+        product("x", &[rows, k])?;
+        Ok(Self { rows, k, fmt, layout })
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn groups(&self) -> usize {
+        self.k / GROUP
+    }
+    pub fn scale_format(&self) -> ScaleFormat {
+        self.fmt
+    }
+    pub fn layout(&self) -> ScaleLayout {
+        self.layout
+    }
+    /// Physical shape of the scales: `(rows, cols)` row-major or `(cols, rows)` MN-major, with
+    /// `cols = G` or `ceil(G/4)` packed words.
+    pub fn scale_shape(&self) -> [usize; 2] {
+        let cols = self.fmt.columns(self.groups());
+        match self.layout {
+            ScaleLayout::RowMajor => [self.rows, cols],
+            ScaleLayout::MnMajor => [cols, self.rows],
+        }
+    }
+    /// Validates the buffers.
+    pub fn check(&self, x: &Activation<'_>, q: &[u8], s: &ScalesMut<'_>) -> Result<()> {
+        check_len("x", x.len(), &[self.rows, self.k])?;
+        check_len("q", q.len(), &[self.rows, self.k])?;
+        let sh = self.scale_shape();
+        s.check("s", self.fmt, sh[0] * sh[1], &sh)
+    }
+}
+
+/// Batched token-group quantization of `(E, T, K)` with `counts`; MN-major scales `(E, G, T)`
+/// (packed: `(E, ceil(G/4), T)` words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchedTokenGroupQuant {
+    e: usize,
+    t: usize,
+    k: usize,
+    fmt: ScaleFormat,
+}
+
+impl BatchedTokenGroupQuant {
+    pub fn new(e: usize, t: usize, k: usize, fmt: ScaleFormat) -> Result<Self> {
+        at_least("x", "E", e, 1)?;
+        at_least("x", "T", t, 1)?;
+        multiple_of_128("x", "K", k)?;
+        product("x", &[e, t, k])?;
+        Ok(Self { e, t, k, fmt })
+    }
+    pub fn experts(&self) -> usize {
+        self.e
+    }
+    pub fn capacity(&self) -> usize {
+        self.t
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn groups(&self) -> usize {
+        self.k / GROUP
+    }
+    pub fn scale_format(&self) -> ScaleFormat {
+        self.fmt
+    }
+    /// `(E, cols, T)` with `cols = G` or `ceil(G/4)`.
+    pub fn scale_shape(&self) -> [usize; 3] {
+        [self.e, self.fmt.columns(self.groups()), self.t]
+    }
+    pub fn check(&self, x: &Activation<'_>, counts: &[i32], q: &[u8], s: &ScalesMut<'_>) -> Result<()> {
+        check_len("x", x.len(), &[self.e, self.t, self.k])?;
+        check_counts(counts, self.e, self.t)?;
+        check_len("q", q.len(), &[self.e, self.t, self.k])?;
+        let sh = self.scale_shape();
+        s.check("s", self.fmt, sh.iter().product(), &sh)
+    }
+}
+
+/// Block quantization of weights `(E, R, C)` into 128×128 blocks (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockQuant {
+    e: usize,
+    r: usize,
+    c: usize,
+    pow2: bool,
+}
+
+impl BlockQuant {
+    /// Any positive `E`, `R`, `C` (edges are zero-padded); `pow2` ceils each scale to a power of two.
+    pub fn new(e: usize, r: usize, c: usize, pow2: bool) -> Result<Self> {
+        at_least("w", "E", e, 1)?;
+        at_least("w", "R", r, 1)?;
+        at_least("w", "C", c, 1)?;
+        product("w", &[e, r, c])?;
+        Ok(Self { e, r, c, pow2 })
+    }
+    pub fn experts(&self) -> usize {
+        self.e
+    }
+    pub fn rows(&self) -> usize {
+        self.r
+    }
+    pub fn cols(&self) -> usize {
+        self.c
+    }
+    pub fn pow2(&self) -> bool {
+        self.pow2
+    }
+    /// `(E, ceil(R/128), ceil(C/128))`.
+    pub fn scale_shape(&self) -> [usize; 3] {
+        [self.e, self.r.div_ceil(GROUP), self.c.div_ceil(GROUP)]
+    }
+    pub fn check(&self, w: &Activation<'_>, q: &[u8], s: &[f32]) -> Result<()> {
+        check_len("w", w.len(), &[self.e, self.r, self.c])?;
+        check_len("q", q.len(), &[self.e, self.r, self.c])?;
+        check_len("s", s.len(), &self.scale_shape())
+    }
+}
+
+/// SiLU-and-multiply with FP8 group quantization (SPEC §5.2): `y (E, T, 2H)` bf16 → `q (E, T, H)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiluMulQuant {
+    e: usize,
+    t: usize,
+    h: usize,
+    fmt: ScaleFormat,
+    numerics: Numerics,
+}
+
+impl SiluMulQuant {
+    pub fn new(e: usize, t: usize, h: usize, fmt: ScaleFormat, numerics: Numerics) -> Result<Self> {
+        at_least("y", "E", e, 1)?;
+        at_least("y", "T", t, 1)?;
+        multiple_of_128("q", "H", h)?;
+        product("y", &[e, t, 2 * h])?;
+        Ok(Self { e, t, h, fmt, numerics })
+    }
+    pub fn experts(&self) -> usize {
+        self.e
+    }
+    pub fn capacity(&self) -> usize {
+        self.t
+    }
+    pub fn h(&self) -> usize {
+        self.h
+    }
+    pub fn groups(&self) -> usize {
+        self.h / GROUP
+    }
+    pub fn scale_format(&self) -> ScaleFormat {
+        self.fmt
+    }
+    pub fn numerics(&self) -> Numerics {
+        self.numerics
+    }
+    /// `(E, cols, T)`, MN-major.
+    pub fn scale_shape(&self) -> [usize; 3] {
+        [self.e, self.fmt.columns(self.groups()), self.t]
+    }
+    pub fn check(&self, y: &[bf16], counts: &[i32], q: &[u8], s: &ScalesMut<'_>) -> Result<()> {
+        check_len("y", y.len(), &[self.e, self.t, 2 * self.h])?;
+        check_counts(counts, self.e, self.t)?;
+        check_len("q", q.len(), &[self.e, self.t, self.h])?;
+        let sh = self.scale_shape();
+        s.check("s", self.fmt, sh.iter().product(), &sh)
+    }
+}
+
+/// Masked grouped FP8 GEMM, "NT" (SPEC §5.3): `d (E, T, N) = a (E, T, K) · b (E, N, K)ᵀ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupedGemm {
+    e: usize,
+    t: usize,
+    n: usize,
+    k: usize,
+    sa_fmt: ScaleFormat,
+    expected_m: Option<usize>,
+}
+
+impl GroupedGemm {
+    /// `N` and `K` positive multiples of 128; `sa_fmt` is the storage of `sa` (any §3 format).
+    pub fn new(e: usize, t: usize, n: usize, k: usize, sa_fmt: ScaleFormat) -> Result<Self> {
+        at_least("a", "E", e, 1)?;
+        at_least("a", "T", t, 1)?;
+        multiple_of_128("a", "K", k)?;
+        multiple_of_128("b", "N", n)?;
+        product("a", &[e, t, k])?;
+        product("b", &[e, n, k])?;
+        product("d", &[e, t, n])?;
+        Ok(Self { e, t, n, k, sa_fmt, expected_m: None })
+    }
+    /// Sets the `expected_m` performance hint (SPEC §6); it never changes results.
+    pub fn with_expected_m(mut self, m: usize) -> Self {
+        self.expected_m = Some(m);
+        self
+    }
+    pub fn experts(&self) -> usize {
+        self.e
+    }
+    pub fn capacity(&self) -> usize {
+        self.t
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn k_blocks(&self) -> usize {
+        self.k / GROUP
+    }
+    pub fn scale_format(&self) -> ScaleFormat {
+        self.sa_fmt
+    }
+    pub fn expected_m(&self) -> Option<usize> {
+        self.expected_m
+    }
+    /// `(E, cols, T)` MN-major activation scales.
+    pub fn sa_shape(&self) -> [usize; 3] {
+        [self.e, self.sa_fmt.columns(self.k_blocks()), self.t]
+    }
+    /// `(E, N/128, K/128)` weight scales.
+    pub fn sb_shape(&self) -> [usize; 3] {
+        [self.e, self.n / GROUP, self.k / GROUP]
+    }
+    /// Validates the inputs.
+    pub fn check_inputs(&self, a: &[u8], sa: &Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32]) -> Result<()> {
+        check_len("a", a.len(), &[self.e, self.t, self.k])?;
+        let sh = self.sa_shape();
+        sa.check("sa", self.sa_fmt, sh.iter().product(), &sh)?;
+        check_len("b", b.len(), &[self.e, self.n, self.k])?;
+        check_len("sb", sb.len(), &self.sb_shape())?;
+        check_counts(counts, self.e, self.t)
+    }
+    /// Validates the inputs and the output.
+    pub fn check(&self, a: &[u8], sa: &Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32], d: &[bf16]) -> Result<()> {
+        self.check_inputs(a, sa, b, sb, counts)?;
+        check_len("d", d.len(), &[self.e, self.t, self.n])
+    }
+}
+
+/// Block-quantized expert weights `(E, R, C)` E4M3 with scales `(E, ceil(R/128), ceil(C/128))`.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightsRef<'a> {
+    /// E4M3 bytes, row-major.
+    pub q: &'a [u8],
+    /// f32 dequantization scales, row-major.
+    pub s: &'a [f32],
+}
+
+/// The batched experts stage (SPEC §5.4): `out = GEMM2(silu_mul_quant(GEMM1(a1q, w1)), w2)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Experts {
+    e: usize,
+    t: usize,
+    k: usize,
+    i: usize,
+    fmt: ScaleFormat,
+    numerics: Numerics,
+    expected_m: Option<usize>,
+}
+
+/// The shapes of the experts stage's buffers, as vLLM reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkspaceShapes {
+    /// `(E, T, max(K, 2I))` bf16: GEMM1's output (and GEMM2's, in vLLM).
+    pub ws13: [usize; 3],
+    /// `(E, T, I)`: the quantized SiLU output.
+    pub ws2: [usize; 3],
+    /// `(E, T, K)` bf16.
+    pub output: [usize; 3],
+}
+
+impl Experts {
+    /// `K` and `I` positive multiples of 128.
+    pub fn new(e: usize, t: usize, k: usize, i: usize, fmt: ScaleFormat, numerics: Numerics) -> Result<Self> {
+        at_least("a1q", "E", e, 1)?;
+        at_least("a1q", "T", t, 1)?;
+        multiple_of_128("a1q", "K", k)?;
+        multiple_of_128("w1", "I", i)?;
+        product("w1", &[e, 2 * i, k])?;
+        product("w2", &[e, k, i])?;
+        product("ws13", &[e, t, k.max(2 * i)])?;
+        Ok(Self { e, t, k, i, fmt, numerics, expected_m: None })
+    }
+    /// Sets the `expected_m` hint for both GEMMs.
+    pub fn with_expected_m(mut self, m: usize) -> Self {
+        self.expected_m = Some(m);
+        self
+    }
+    pub fn experts(&self) -> usize {
+        self.e
+    }
+    pub fn capacity(&self) -> usize {
+        self.t
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn i(&self) -> usize {
+        self.i
+    }
+    pub fn scale_format(&self) -> ScaleFormat {
+        self.fmt
+    }
+    pub fn numerics(&self) -> Numerics {
+        self.numerics
+    }
+    pub fn expected_m(&self) -> Option<usize> {
+        self.expected_m
+    }
+    /// GEMM1: `(E, T, K) x (E, 2I, K) -> (E, T, 2I)`.
+    pub fn gemm1(&self) -> GroupedGemm {
+        let g = GroupedGemm { e: self.e, t: self.t, n: 2 * self.i, k: self.k, sa_fmt: self.fmt, expected_m: None };
+        match self.expected_m {
+            Some(m) => g.with_expected_m(m),
+            None => g,
+        }
+    }
+    /// The SiLU-mul-quant stage: `(E, T, 2I) -> (E, T, I)`.
+    pub fn silu(&self) -> SiluMulQuant {
+        SiluMulQuant { e: self.e, t: self.t, h: self.i, fmt: self.fmt, numerics: self.numerics }
+    }
+    /// GEMM2: `(E, T, I) x (E, K, I) -> (E, T, K)`.
+    pub fn gemm2(&self) -> GroupedGemm {
+        let g = GroupedGemm { e: self.e, t: self.t, n: self.k, k: self.i, sa_fmt: self.fmt, expected_m: None };
+        match self.expected_m {
+            Some(m) => g.with_expected_m(m),
+            None => g,
+        }
+    }
+    /// vLLM's workspace shapes.
+    pub fn workspace_shapes(&self) -> WorkspaceShapes {
+        WorkspaceShapes {
+            ws13: [self.e, self.t, self.k.max(2 * self.i)],
+            ws2: [self.e, self.t, self.i],
+            output: [self.e, self.t, self.k],
+        }
+    }
+    /// `(E, cols, T)` scales of `a1q`.
+    pub fn a1s_shape(&self) -> [usize; 3] {
+        self.gemm1().sa_shape()
+    }
+    /// Validates the inputs and output.
+    pub fn check(&self, a1q: &[u8], a1s: &Scales<'_>, w1: &WeightsRef<'_>, w2: &WeightsRef<'_>, counts: &[i32], out: &[bf16]) -> Result<()> {
+        let g1 = self.gemm1();
+        let g2 = self.gemm2();
+        check_len("a1q", a1q.len(), &[self.e, self.t, self.k])?;
+        let sh = g1.sa_shape();
+        a1s.check("a1s", self.fmt, sh.iter().product(), &sh)?;
+        check_len("w1", w1.q.len(), &[self.e, 2 * self.i, self.k])?;
+        check_len("w1s", w1.s.len(), &g1.sb_shape())?;
+        check_len("w2", w2.q.len(), &[self.e, self.k, self.i])?;
+        check_len("w2s", w2.s.len(), &g2.sb_shape())?;
+        check_counts(counts, self.e, self.t)?;
+        check_len("out", out.len(), &[self.e, self.t, self.k])
+    }
+}
+
+/// Dispatch: route `x (M, K)` by `topk_ids (M, k)` into `(E, T, K)` and quantize (SPEC §5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepare {
+    m: usize,
+    k: usize,
+    topk: usize,
+    e: usize,
+    t: usize,
+    fmt: ScaleFormat,
+}
+
+impl Prepare {
+    pub fn new(m: usize, k: usize, topk: usize, experts: usize, capacity: usize, fmt: ScaleFormat) -> Result<Self> {
+        multiple_of_128("x", "K", k)?;
+        at_least("topk_ids", "topk", topk, 1)?;
+        at_least("a1q", "E", experts, 1)?;
+        at_least("a1q", "T", capacity, 1)?;
+        product("x", &[m, k])?;
+        product("topk_ids", &[m, topk])?;
+        product("a1q", &[experts, capacity, k])?;
+        Ok(Self { m, k, topk, e: experts, t: capacity, fmt })
+    }
+    pub fn tokens(&self) -> usize {
+        self.m
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn topk(&self) -> usize {
+        self.topk
+    }
+    pub fn experts(&self) -> usize {
+        self.e
+    }
+    pub fn capacity(&self) -> usize {
+        self.t
+    }
+    pub fn scale_format(&self) -> ScaleFormat {
+        self.fmt
+    }
+    /// The batched quantization this dispatch performs.
+    pub fn quant(&self) -> BatchedTokenGroupQuant {
+        BatchedTokenGroupQuant { e: self.e, t: self.t, k: self.k, fmt: self.fmt }
+    }
+    /// Validates the buffers and routes the tokens.
+    pub fn check(&self, x: &[bf16], topk_ids: &[i32], a1q: &[u8], a1s: &ScalesMut<'_>, counts: &[i32]) -> Result<Routing> {
+        check_len("x", x.len(), &[self.m, self.k])?;
+        let routing = Routing::new(topk_ids, self.m, self.topk, self.e, self.t)?;
+        check_len("a1q", a1q.len(), &[self.e, self.t, self.k])?;
+        let sh = self.quant().scale_shape();
+        a1s.check("a1s", self.fmt, sh.iter().product(), &sh)?;
+        check_len("counts", counts.len(), &[self.e])?;
+        Ok(routing)
+    }
+}
+
+/// Combine: weight each expert output by the router and sum per token (SPEC §5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finalize {
+    m: usize,
+    k: usize,
+    topk: usize,
+    e: usize,
+    t: usize,
+}
+
+impl Finalize {
+    pub fn new(m: usize, k: usize, topk: usize, experts: usize, capacity: usize) -> Result<Self> {
+        at_least("expert_out", "K", k, 1)?;
+        at_least("topk_ids", "topk", topk, 1)?;
+        at_least("expert_out", "E", experts, 1)?;
+        at_least("expert_out", "T", capacity, 1)?;
+        product("out", &[m, k])?;
+        product("topk_ids", &[m, topk])?;
+        product("expert_out", &[experts, capacity, k])?;
+        Ok(Self { m, k, topk, e: experts, t: capacity })
+    }
+    pub fn tokens(&self) -> usize {
+        self.m
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn topk(&self) -> usize {
+        self.topk
+    }
+    pub fn experts(&self) -> usize {
+        self.e
+    }
+    pub fn capacity(&self) -> usize {
+        self.t
+    }
+    /// Validates the buffers and routes the tokens.
+    pub fn check(&self, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &[bf16]) -> Result<Routing> {
+        check_len("expert_out", expert_out.len(), &[self.e, self.t, self.k])?;
+        let routing = Routing::new(topk_ids, self.m, self.topk, self.e, self.t)?;
+        check_len("topk_weights", topk_weights.len(), &[self.m, self.topk])?;
+        check_len("out", out.len(), &[self.m, self.k])?;
+        Ok(routing)
+    }
+}
+
+/// Where each token goes: the validated result of `topk_ids` (SPEC §5.5).
+///
+/// Expert `e` receives, in ascending token order, every token `m` with `e` in `topk_ids[m]`,
+/// once per expert however often it is listed; `-1` means "not routed".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    experts: usize,
+    topk: usize,
+    /// Live rows per expert.
+    counts: Vec<i32>,
+    /// For each `(m, j)`: the row of token `m` in expert `topk_ids[m, j]`, or -1 if not routed.
+    rows: Vec<i32>,
+    /// For each expert, its tokens in ascending order (length `counts[e]`).
+    tokens: Vec<Vec<u32>>,
+}
+
+impl Routing {
+    /// Routes `topk_ids (m, topk)`; ids outside `[-1, E)` and experts receiving more than `T`
+    /// tokens are errors.
+    pub fn new(topk_ids: &[i32], m: usize, topk: usize, experts: usize, capacity: usize) -> Result<Self> {
+        check_len("topk_ids", topk_ids.len(), &[m, topk])?;
+        let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); experts];
+        let mut rows = vec![-1i32; m * topk];
+        for tok in 0..m {
+            let ids = &topk_ids[tok * topk..(tok + 1) * topk];
+            for (j, &id) in ids.iter().enumerate() {
+                if id < -1 || id as i64 >= experts as i64 {
+                    return Err(ProblemError::TopkId { token: tok, slot: j, id: id as i64, experts });
+                }
+                if id == -1 {
+                    continue;
+                }
+                let list = &mut tokens[id as usize];
+                // Ascending token order: the token is already listed iff it is the last entry.
+                if list.last() != Some(&(tok as u32)) {
+                    list.push(tok as u32);
+                }
+                rows[tok * topk + j] = (list.len() - 1) as i32;
+            }
+        }
+        for (expert, list) in tokens.iter().enumerate() {
+            if list.len() > capacity {
+                return Err(ProblemError::Overflow { expert, count: list.len(), capacity });
+            }
+        }
+        let counts = tokens.iter().map(|l| l.len() as i32).collect();
+        Ok(Self { experts, topk, counts, rows, tokens })
+    }
+    /// Number of experts.
+    pub fn experts(&self) -> usize {
+        self.experts
+    }
+    /// Live rows per expert.
+    pub fn counts(&self) -> &[i32] {
+        &self.counts
+    }
+    /// The tokens of expert `e`, ascending.
+    pub fn tokens(&self, e: usize) -> &[u32] {
+        &self.tokens[e]
+    }
+    /// The row of token `m` in the expert of its slot `j`, or `None` if the slot is `-1`.
+    pub fn row(&self, m: usize, j: usize) -> Option<usize> {
+        let r = self.rows[m * self.topk + j];
+        (r >= 0).then_some(r as usize)
+    }
+    /// The per-slot rows, `(M, topk)` i32, -1 where not routed.
+    pub fn rows(&self) -> &[i32] {
+        &self.rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k_not_multiple_of_128_names_tensor_and_dim() {
+        let e = TokenGroupQuant::new(4, 130, ScaleFormat::F32, ScaleLayout::RowMajor).unwrap_err();
+        assert_eq!(e, ProblemError::NotMultiple { tensor: "x", dim: "K", got: 130, multiple: 128 });
+        assert!(e.to_string().contains("`x`") && e.to_string().contains("`K`"));
+    }
+
+    #[test]
+    fn counts_outside_range_are_rejected() {
+        assert_eq!(check_counts(&[0, 5, 3], 3, 4), Err(ProblemError::Count { expert: 1, count: 5, capacity: 4 }));
+        assert_eq!(check_counts(&[-1], 1, 4), Err(ProblemError::Count { expert: 0, count: -1, capacity: 4 }));
+        assert!(matches!(check_counts(&[0, 1], 3, 4), Err(ProblemError::Len { tensor: "counts", .. })));
+        assert!(check_counts(&[0, 4, 2], 3, 4).is_ok());
+    }
+
+    #[test]
+    fn routing_dedups_keeps_token_order_and_rejects_overflow_and_bad_ids() {
+        // 3 tokens, top-2, 2 experts.
+        let ids = [1, 0, 1, 1, -1, 0];
+        let r = Routing::new(&ids, 3, 2, 2, 3).unwrap();
+        assert_eq!(r.counts(), &[2, 2]);
+        assert_eq!(r.tokens(0), &[0, 2]);
+        assert_eq!(r.tokens(1), &[0, 1]);
+        assert_eq!(r.rows(), &[0, 0, 1, 1, -1, 1]);
+        assert_eq!(Routing::new(&ids, 3, 2, 2, 1), Err(ProblemError::Overflow { expert: 0, count: 2, capacity: 1 }));
+        assert_eq!(Routing::new(&[0, 2], 1, 2, 2, 4), Err(ProblemError::TopkId { token: 0, slot: 1, id: 2, experts: 2 }));
+        assert_eq!(Routing::new(&[-2, 0], 1, 2, 2, 4), Err(ProblemError::TopkId { token: 0, slot: 0, id: -2, experts: 2 }));
+    }
+
+    #[test]
+    fn huge_shapes_are_rejected_not_overflowed() {
+        let e = GroupedGemm::new(usize::MAX / 2, 1 << 20, 1 << 20, 1 << 20, ScaleFormat::F32).unwrap_err();
+        assert!(matches!(e, ProblemError::TooLarge { .. }));
+    }
+
+    #[test]
+    fn experts_workspace_shapes_match_vllm() {
+        let p = Experts::new(8, 64, 7168, 2048, ScaleFormat::F32, Numerics::VllmBf16).unwrap();
+        let w = p.workspace_shapes();
+        assert_eq!(w.ws13, [8, 64, 7168]);
+        assert_eq!(w.ws2, [8, 64, 2048]);
+        assert_eq!(w.output, [8, 64, 7168]);
+    }
+}

@@ -1,0 +1,389 @@
+//! Activation scale formats and layouts (SPEC §3), and conversions between them.
+
+use crate::error::ProblemError;
+use crate::format::{ue8m0_from_pow2, ue8m0_to_f32};
+
+/// Group size along the reduction dimension, everywhere.
+pub const GROUP: usize = 128;
+
+/// How activation scales are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ScaleFormat {
+    /// f32 scales, `amax / 448`.
+    #[default]
+    F32,
+    /// f32 scales that are exact powers of two (the ceiled scale), stored as f32.
+    F32CeilUe8m0,
+    /// Four UE8M0 exponent bytes per i32 word (byte `k` of word `p` holds group `4p + k`).
+    Ue8m0Packed,
+}
+
+impl ScaleFormat {
+    /// All formats, for tests and command lines.
+    pub const ALL: [ScaleFormat; 3] = [ScaleFormat::F32, ScaleFormat::F32CeilUe8m0, ScaleFormat::Ue8m0Packed];
+
+    /// Whether the scale is rounded up to a power of two.
+    pub fn is_ceil(self) -> bool {
+        !matches!(self, ScaleFormat::F32)
+    }
+
+    /// Whether the scales are stored as packed i32 words.
+    pub fn is_packed(self) -> bool {
+        matches!(self, ScaleFormat::Ue8m0Packed)
+    }
+
+    /// The command-line name (`f32`, `f32-ceil-ue8m0`, `ue8m0-packed`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleFormat::F32 => "f32",
+            ScaleFormat::F32CeilUe8m0 => "f32-ceil-ue8m0",
+            ScaleFormat::Ue8m0Packed => "ue8m0-packed",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+
+    /// Number of stored scale columns for `groups` groups: `groups`, or `ceil(groups/4)` packed words.
+    pub fn columns(self, groups: usize) -> usize {
+        if self.is_packed() {
+            groups.div_ceil(4)
+        } else {
+            groups
+        }
+    }
+}
+
+impl std::fmt::Display for ScaleFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The arithmetic of SiLU-mul-quant (SPEC §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Numerics {
+    /// vLLM's CUDA kernel: bf16 arithmetic after the f32 SiLU.
+    #[default]
+    VllmBf16,
+    /// SGLang / DeepSeek reference arithmetic in f32.
+    F32,
+}
+
+impl Numerics {
+    /// Both numerics.
+    pub const ALL: [Numerics; 2] = [Numerics::VllmBf16, Numerics::F32];
+
+    /// The command-line name (`vllm-bf16`, `f32`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Numerics::VllmBf16 => "vllm-bf16",
+            Numerics::F32 => "f32",
+        }
+    }
+
+    /// Parses a command-line name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+impl std::fmt::Display for Numerics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Physical layout of a `(rows, columns)` scale matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ScaleLayout {
+    /// `(rows, columns)`, the column index contiguous.
+    #[default]
+    RowMajor,
+    /// MN-major (token-contiguous): element `(row, col)` at `col·rows + row`.
+    MnMajor,
+}
+
+impl ScaleLayout {
+    /// Index of `(row, col)` in a `(rows, cols)` matrix of this layout.
+    #[inline]
+    pub fn index(self, rows: usize, cols: usize, row: usize, col: usize) -> usize {
+        match self {
+            ScaleLayout::RowMajor => row * cols + col,
+            ScaleLayout::MnMajor => col * rows + row,
+        }
+    }
+}
+
+/// Read-only activation scales: f32 values or packed UE8M0 words.
+#[derive(Debug, Clone, Copy)]
+pub enum Scales<'a> {
+    /// f32 scales (`F32` or `F32CeilUe8m0`).
+    F32(&'a [f32]),
+    /// Packed UE8M0 words (`Ue8m0Packed`).
+    Packed(&'a [i32]),
+}
+
+/// Writable activation scales.
+#[derive(Debug)]
+pub enum ScalesMut<'a> {
+    /// f32 scales (`F32` or `F32CeilUe8m0`).
+    F32(&'a mut [f32]),
+    /// Packed UE8M0 words (`Ue8m0Packed`).
+    Packed(&'a mut [i32]),
+}
+
+/// Owned activation scales.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScaleBuf {
+    /// f32 scales (`F32` or `F32CeilUe8m0`).
+    F32(Vec<f32>),
+    /// Packed UE8M0 words (`Ue8m0Packed`).
+    Packed(Vec<i32>),
+}
+
+fn kind_name(packed: bool) -> &'static str {
+    if packed {
+        "packed ue8m0 i32 words"
+    } else {
+        "f32"
+    }
+}
+
+impl<'a> Scales<'a> {
+    /// Number of stored elements (f32 values or i32 words).
+    pub fn len(&self) -> usize {
+        match self {
+            Scales::F32(s) => s.len(),
+            Scales::Packed(s) => s.len(),
+        }
+    }
+
+    /// Whether no element is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether these are packed words.
+    pub fn is_packed(&self) -> bool {
+        matches!(self, Scales::Packed(_))
+    }
+
+    /// Checks the kind against `fmt` and the length against `expected`.
+    pub fn check(&self, tensor: &'static str, fmt: ScaleFormat, expected: usize, shape: &[usize]) -> Result<(), ProblemError> {
+        check_kind_len(tensor, fmt, self.is_packed(), self.len(), expected, shape)
+    }
+
+    /// The scale of group `g` of logical row `row`, in an MN-major `(rows, groups)` matrix (of
+    /// `ceil(groups/4)` words when packed), decoded to f32.
+    #[inline]
+    pub fn get_mn(&self, rows: usize, row: usize, g: usize) -> f32 {
+        match self {
+            Scales::F32(s) => s[g * rows + row],
+            Scales::Packed(w) => {
+                let word = w[(g / 4) * rows + row] as u32;
+                ue8m0_to_f32((word >> (8 * (g % 4))) as u8)
+            }
+        }
+    }
+}
+
+impl<'a> ScalesMut<'a> {
+    /// Number of stored elements (f32 values or i32 words).
+    pub fn len(&self) -> usize {
+        match self {
+            ScalesMut::F32(s) => s.len(),
+            ScalesMut::Packed(s) => s.len(),
+        }
+    }
+
+    /// Whether no element is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether these are packed words.
+    pub fn is_packed(&self) -> bool {
+        matches!(self, ScalesMut::Packed(_))
+    }
+
+    /// Checks the kind against `fmt` and the length against `expected`.
+    pub fn check(&self, tensor: &'static str, fmt: ScaleFormat, expected: usize, shape: &[usize]) -> Result<(), ProblemError> {
+        check_kind_len(tensor, fmt, self.is_packed(), self.len(), expected, shape)
+    }
+
+    /// A shorter-lived mutable view.
+    pub fn reborrow(&mut self) -> ScalesMut<'_> {
+        match self {
+            ScalesMut::F32(s) => ScalesMut::F32(s),
+            ScalesMut::Packed(s) => ScalesMut::Packed(s),
+        }
+    }
+
+    /// A read-only view.
+    pub fn as_scales(&self) -> Scales<'_> {
+        match self {
+            ScalesMut::F32(s) => Scales::F32(s),
+            ScalesMut::Packed(s) => Scales::Packed(s),
+        }
+    }
+}
+
+impl ScaleBuf {
+    /// Zero-filled scales of `len` elements in the storage kind of `fmt`.
+    pub fn zeros(fmt: ScaleFormat, len: usize) -> Self {
+        if fmt.is_packed() {
+            ScaleBuf::Packed(vec![0; len])
+        } else {
+            ScaleBuf::F32(vec![0.0; len])
+        }
+    }
+
+    /// A read-only view.
+    pub fn view(&self) -> Scales<'_> {
+        match self {
+            ScaleBuf::F32(s) => Scales::F32(s),
+            ScaleBuf::Packed(s) => Scales::Packed(s),
+        }
+    }
+
+    /// A mutable view.
+    pub fn view_mut(&mut self) -> ScalesMut<'_> {
+        match self {
+            ScaleBuf::F32(s) => ScalesMut::F32(s),
+            ScaleBuf::Packed(s) => ScalesMut::Packed(s),
+        }
+    }
+
+    /// Number of stored elements.
+    pub fn len(&self) -> usize {
+        self.view().len()
+    }
+
+    /// Whether no element is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stored elements as raw 32-bit words (f32 bits or i32 words), for bit comparisons.
+    pub fn to_bits(&self) -> Vec<u32> {
+        match self {
+            ScaleBuf::F32(s) => s.iter().map(|v| v.to_bits()).collect(),
+            ScaleBuf::Packed(s) => s.iter().map(|&v| v as u32).collect(),
+        }
+    }
+}
+
+fn check_kind_len(tensor: &'static str, fmt: ScaleFormat, packed: bool, len: usize, expected: usize, shape: &[usize]) -> Result<(), ProblemError> {
+    if packed != fmt.is_packed() {
+        return Err(ProblemError::ScaleKind {
+            tensor,
+            expected: kind_name(fmt.is_packed()),
+            got: kind_name(packed),
+        });
+    }
+    if len != expected {
+        return Err(ProblemError::Len {
+            tensor,
+            shape: crate::error::ShapeDisplay(shape).to_string(),
+            expected,
+            got: len,
+        });
+    }
+    Ok(())
+}
+
+/// Transposes a `(rows, cols)` matrix between row-major and MN-major storage.
+pub fn convert_layout<T: Copy>(src: &[T], rows: usize, cols: usize, from: ScaleLayout, to: ScaleLayout) -> Vec<T> {
+    assert_eq!(src.len(), rows * cols, "convert_layout: length");
+    if from == to {
+        return src.to_vec();
+    }
+    let mut out = Vec::with_capacity(src.len());
+    for i in 0..rows * cols {
+        // Destination index i in `to`; find (row, col).
+        let (row, col) = match to {
+            ScaleLayout::RowMajor => (i / cols.max(1), i % cols.max(1)),
+            ScaleLayout::MnMajor => (i % rows.max(1), i / rows.max(1)),
+        };
+        out.push(src[from.index(rows, cols, row, col)]);
+    }
+    out
+}
+
+/// Packs power-of-two f32 scales of a `(rows, groups)` matrix into UE8M0 words (`ceil(groups/4)`
+/// per row), keeping the layout; bytes of groups `>= groups` in the last word are 0.
+pub fn pack_ue8m0(src: &[f32], rows: usize, groups: usize, layout: ScaleLayout) -> Vec<i32> {
+    assert_eq!(src.len(), rows * groups, "pack_ue8m0: length");
+    let words = groups.div_ceil(4);
+    let mut out = vec![0i32; rows * words];
+    for row in 0..rows {
+        for g in 0..groups {
+            let byte = ue8m0_from_pow2(src[layout.index(rows, groups, row, g)]) as u32;
+            let w = &mut out[layout.index(rows, words, row, g / 4)];
+            *w = (*w as u32 | (byte << (8 * (g % 4)))) as i32;
+        }
+    }
+    out
+}
+
+/// Unpacks UE8M0 words of a `(rows, groups)` matrix to f32 scales, keeping the layout.
+pub fn unpack_ue8m0(src: &[i32], rows: usize, groups: usize, layout: ScaleLayout) -> Vec<f32> {
+    let words = groups.div_ceil(4);
+    assert_eq!(src.len(), rows * words, "unpack_ue8m0: length");
+    let mut out = vec![0f32; rows * groups];
+    for row in 0..rows {
+        for g in 0..groups {
+            let w = src[layout.index(rows, words, row, g / 4)] as u32;
+            out[layout.index(rows, groups, row, g)] = ue8m0_to_f32((w >> (8 * (g % 4))) as u8);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_round_trip() {
+        let rows = 3;
+        let cols = 5;
+        let src: Vec<u32> = (0..15).collect();
+        let mn = convert_layout(&src, rows, cols, ScaleLayout::RowMajor, ScaleLayout::MnMajor);
+        assert_eq!(mn[ScaleLayout::MnMajor.index(rows, cols, 2, 4)], src[2 * cols + 4]);
+        assert_eq!(convert_layout(&mn, rows, cols, ScaleLayout::MnMajor, ScaleLayout::RowMajor), src);
+    }
+
+    #[test]
+    fn packing_puts_group_4p_plus_k_in_byte_k_and_zeroes_the_tail() {
+        let rows = 2;
+        let groups = 5;
+        let src: Vec<f32> = (0..10).map(|i| 2f32.powi(i - 3)).collect();
+        for layout in [ScaleLayout::RowMajor, ScaleLayout::MnMajor] {
+            let packed = pack_ue8m0(&src, rows, groups, layout);
+            assert_eq!(packed.len(), 4);
+            let r1w1 = packed[layout.index(rows, 2, 1, 1)] as u32;
+            let g4 = src[layout.index(rows, groups, 1, 4)];
+            assert_eq!(r1w1 & 0xFF, ue8m0_from_pow2(g4) as u32);
+            assert_eq!(r1w1 >> 8, 0, "bytes past the last group are zero");
+            assert_eq!(unpack_ue8m0(&packed, rows, groups, layout), src);
+        }
+    }
+
+    #[test]
+    fn packed_scales_decode_through_get_mn() {
+        let rows = 3;
+        let groups = 6;
+        let src: Vec<f32> = (0..18).map(|i| 2f32.powi(i % 7 - 2)).collect();
+        let packed = pack_ue8m0(&src, rows, groups, ScaleLayout::MnMajor);
+        let view = Scales::Packed(&packed);
+        for row in 0..rows {
+            for g in 0..groups {
+                assert_eq!(view.get_mn(rows, row, g), src[g * rows + row]);
+            }
+        }
+    }
+}

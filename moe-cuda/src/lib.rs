@@ -1,0 +1,1 @@
+//! moe-cuda (in progress)

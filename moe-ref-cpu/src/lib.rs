@@ -1,0 +1,1 @@
+//! moe-ref-cpu (in progress)

@@ -1,0 +1,1 @@
+//! moe-testing (in progress)
