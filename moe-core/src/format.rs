@@ -133,6 +133,24 @@ pub fn bf16_from_f32(x: f32) -> bf16 {
     bf16::from_f32(x)
 }
 
+/// The BF16 NaN every backend writes for a NaN result (`0x7FC0`).
+pub const BF16_CANONICAL_NAN: bf16 = bf16::from_bits(0x7FC0);
+
+/// Rounds an f32 to BF16 for an **output** tensor: round to nearest even, and every NaN becomes
+/// [`BF16_CANONICAL_NAN`].
+///
+/// IEEE 754 leaves the sign and payload of a computed NaN unspecified, and CPUs and GPUs differ
+/// (x86 produces `0xFFC00000` for `inf - inf`, NVIDIA GPUs `0x7FFFFFFF`), so bit-exact outputs
+/// (finalize) and bounded ones (the GEMM) write one NaN pattern on every backend.
+#[inline]
+pub fn bf16_out(x: f32) -> bf16 {
+    if x.is_nan() {
+        BF16_CANONICAL_NAN
+    } else {
+        bf16::from_f32(x)
+    }
+}
+
 /// Rounds an f32 to the nearest BF16 value and returns it widened back to f32.
 #[inline]
 pub fn round_bf16(x: f32) -> f32 {

@@ -1,0 +1,16 @@
+//! `cargo xtask ci`: what CI runs, cheapest first.
+
+use crate::util::{cargo, run as sh};
+
+pub fn run_ci() -> Result<(), String> {
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
+    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    sh(cargo().args(["test", "--workspace"]))?;
+    crate::exp::run(&[])?;
+    sh(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    Ok(())
+}
+
+pub fn run(_args: &[String]) -> Result<(), String> {
+    run_ci()
+}

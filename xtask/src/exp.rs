@@ -1,0 +1,95 @@
+//! `cargo xtask exp-check`: `exp_f32` against float64 `exp` over all 2^32 f32 inputs.
+//!
+//! The error of each finite result is measured in units of the f32 ulp at the exact value
+//! (`2^-149` below the normal range); a result that overflows must be `+inf` exactly when the
+//! correctly rounded value is. NaN inputs must give the canonical NaN. Runs on every core.
+
+use moe_core::math::{exp_f32, CANONICAL_NAN};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn ulp_at(t: f64) -> f64 {
+    let tf = t as f32;
+    if tf < f32::MIN_POSITIVE {
+        2f64.powi(-149)
+    } else {
+        let e = ((tf.to_bits() >> 23) & 0xFF) as i32 - 127;
+        2f64.powi(e - 23)
+    }
+}
+
+/// Error of `exp_f32(x)` in ulp, or `None` if the result is wrong outright (NaN mishandling or a
+/// wrong overflow).
+fn error_ulp(x: f32) -> Option<f64> {
+    let y = exp_f32(x);
+    if x.is_nan() {
+        return (y.to_bits() == CANONICAL_NAN.to_bits()).then_some(0.0);
+    }
+    let t = (x as f64).exp();
+    let tf = t as f32; // correctly rounded (f64 exp is within 1 ulp of f64, far inside half an f32 ulp except at ties)
+    if tf.is_infinite() || y.is_infinite() {
+        // Either both overflow, or the non-overflowing one is within 2 ulp of f32::MAX's ulp.
+        if tf.is_infinite() && y.is_infinite() {
+            return Some(0.0);
+        }
+        let err = ((y as f64).min(f64::MAX) - t).abs() / 2f64.powi(104);
+        return if y.is_infinite() { Some(((t - f32::MAX as f64) / 2f64.powi(104)).abs() + 1.0) } else { Some(err) };
+    }
+    Some((y as f64 - t).abs() / ulp_at(t))
+}
+
+pub fn run(_args: &[String]) -> Result<(), String> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let worst_bits = AtomicU64::new(0); // f64 bits of the worst error (non-negative, so ordered as u64)
+    let worst_x = AtomicU64::new(0);
+    let wrong = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
+    let start = std::time::Instant::now();
+    const CHUNK: u64 = 1 << 24;
+    let chunks = (1u64 << 32) / CHUNK;
+    let next = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let c = next.fetch_add(1, Ordering::Relaxed);
+                if c >= chunks {
+                    break;
+                }
+                let mut local_worst = 0.0f64;
+                let mut local_x = 0u32;
+                for bits in (c * CHUNK)..((c + 1) * CHUNK) {
+                    let x = f32::from_bits(bits as u32);
+                    match error_ulp(x) {
+                        Some(e) if e > local_worst => {
+                            local_worst = e;
+                            local_x = bits as u32;
+                        }
+                        Some(_) => {}
+                        None => {
+                            wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                let prev = worst_bits.fetch_max(local_worst.to_bits(), Ordering::Relaxed);
+                if local_worst.to_bits() > prev {
+                    worst_x.store(local_x as u64, Ordering::Relaxed);
+                }
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if d % 32 == 0 {
+                    eprintln!("exp-check: {d}/{chunks} chunks, {:.0} s", start.elapsed().as_secs_f64());
+                }
+            });
+        }
+    });
+    let worst = f64::from_bits(worst_bits.load(Ordering::Relaxed));
+    let wx = f32::from_bits(worst_x.load(Ordering::Relaxed) as u32);
+    let wrong = wrong.load(Ordering::Relaxed);
+    println!(
+        "exp-check: 4294967296 inputs, worst error {worst:.4} ulp at x = {wx:e} ({:#010x}), {wrong} wrong NaN results, {:.0} s on {threads} threads",
+        wx.to_bits(),
+        start.elapsed().as_secs_f64()
+    );
+    if wrong > 0 || worst > 2.0 {
+        return Err(format!("exp_f32 fails its contract: worst {worst} ulp, {wrong} NaN mismatches"));
+    }
+    Ok(())
+}
