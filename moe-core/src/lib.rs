@@ -12,7 +12,7 @@
 //! What it trusts: nothing. It has no backend, no cargo features and no `unsafe`.
 //!
 //! ```
-//! use moe_core::{e4m3_from_f32, e4m3_to_f32, ceil_pow2, GroupedGemm, ScaleFormat};
+//! use moe_core::{e4m3_from_f32, e4m3_from_f32_reference, e4m3_to_f32, ceil_pow2, GroupedGemm, ScaleFormat};
 //! assert_eq!(e4m3_to_f32(e4m3_from_f32(500.0)), 448.0); // saturates
 //! assert_eq!(ceil_pow2(1.0000001), 2.0);
 //! let p = GroupedGemm::new(8, 64, 4096, 7168, ScaleFormat::F32).unwrap();
@@ -33,7 +33,7 @@ pub mod scale;
 
 pub use backend::{Backend, BatchedExperts, Capabilities, ExpertsInputs, ExpertsWorkspace, MoeResult};
 pub use error::{DeviceError, MoeError, ProblemError};
-pub use format::{bf16_from_f32, bf16_out, BF16_CANONICAL_NAN, ceil_pow2, e4m3_from_f32, e4m3_to_f32, e5m2_from_f32, e5m2_to_f32, round_bf16, ue8m0_from_pow2, ue8m0_to_f32, E4M3_DECODE, E4M3_MAX};
+pub use format::{bf16_from_f32, bf16_out, BF16_CANONICAL_NAN, ceil_pow2, e4m3_from_f32, e4m3_from_f32_reference, e4m3_to_f32, e5m2_from_f32, e5m2_to_f32, round_bf16, ue8m0_from_pow2, ue8m0_to_f32, E4M3_DECODE, E4M3_MAX};
 pub use half::bf16;
 pub use math::{exp_f32, silu_f32, vllm_ceil_pow2_bf16};
 pub use meta::{estimate_expected_m, moe_problem_size, MoeProblemSize};
