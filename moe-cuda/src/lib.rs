@@ -1,1 +1,48 @@
-//! moe-cuda (in progress)
+//! # moe-cuda
+//!
+//! The CUDA backend of moe-fp8 for Hopper GPUs (H100, H200; `sm_90a`): every operation of
+//! SPEC §5 behind the `cuda` cargo feature.
+//!
+//! What it promises: [`CudaBackend`] implements `moe_core::Backend` and `BatchedExperts` with
+//! results bit-identical to the CPU reference for token-group quantization, block quantization,
+//! SiLU-mul-quant, prepare and finalize, and within the SPEC §5.3 bound for the grouped GEMM
+//! (and so the experts stage); rows past `counts` are never written; every invalid input is
+//! rejected with the CPU's error before any allocation or launch; a missing driver or GPU is
+//! `DeviceError::NoDevice`, never a panic. Device-resident `counts` are clamped into `[0, T]` by
+//! every kernel, so nothing is read or written out of bounds whatever they hold.
+//! [`CudaExperts`] keeps the experts stage's buffers on the device, enqueues it without host
+//! synchronization and captures it in a CUDA graph.
+//!
+//! What it trusts: moe-core's validated problem types, the CUDA driver, and NVRTC (CUDA 13),
+//! loaded at run time (cudarc's dynamic loading), so the crate builds without a toolkit.
+//!
+//! Layout: kernels are `.cu` files under `kernels/`, compiled by NVRTC at first use with
+//! `--fmad=false --prec-div=true --ftz=false` for `sm_90a` and cached per context
+//! ([`KernelId`] indexes them); all launches live in one private module (`launch`); this is the
+//! only crate of the workspace with `unsafe`, each block with a `// SAFETY:` proof.
+//!
+//! Without the `cuda` feature the crate holds only the kernel sources ([`KernelId`]).
+#![cfg_attr(not(feature = "cuda"), forbid(unsafe_code))]
+
+pub mod kernels;
+
+pub use kernels::{KernelId, NVRTC_OPTIONS};
+
+#[cfg(feature = "cuda")]
+mod backend;
+#[cfg(feature = "cuda")]
+pub mod compile;
+#[cfg(feature = "cuda")]
+mod device;
+#[cfg(feature = "cuda")]
+mod experts;
+#[cfg(feature = "cuda")]
+mod launch;
+
+#[cfg(feature = "cuda")]
+pub use backend::CudaBackend;
+#[cfg(feature = "cuda")]
+pub use experts::{CountsMode, CudaExperts};
+
+/// Whether this build contains the CUDA backend (the `cuda` feature).
+pub const ENABLED: bool = cfg!(feature = "cuda");

@@ -1,0 +1,58 @@
+//! Compiles every kernel program with NVRTC for `sm_90a` (no GPU needed) and prints the
+//! `ptxas` resource report (registers, spills, shared memory) of each entry point.
+//! Run by `cargo xtask nvrtc-check`; exits non-zero on any failure.
+
+use std::process::ExitCode;
+
+use moe_cuda::compile::{compile, nvrtc_present, nvrtc_version};
+use moe_cuda::KernelId;
+
+fn main() -> ExitCode {
+    if !nvrtc_present() {
+        eprintln!("nvrtc-check: libnvrtc.so.13 not found (set LD_LIBRARY_PATH)");
+        return ExitCode::from(3);
+    }
+    println!(
+        "NVRTC {:?}, options {:?} --ptxas-options=-v",
+        nvrtc_version(),
+        moe_cuda::NVRTC_OPTIONS
+    );
+    let mut failed = 0;
+    for id in KernelId::ALL {
+        let t0 = std::time::Instant::now();
+        match compile(id, &["--ptxas-options=-v"]) {
+            Ok(c) => {
+                println!(
+                    "== {} ({} bytes of cubin, {:.0} ms)",
+                    id.file(),
+                    c.cubin.len(),
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
+                for line in c.log.lines().filter(|l| !l.trim().is_empty()) {
+                    println!("   {line}");
+                }
+                if c.log.contains("bytes spill") && !c.log.contains(" 0 bytes spill stores, 0 bytes spill loads") {
+                    let spills: Vec<&str> = c
+                        .log
+                        .lines()
+                        .filter(|l| l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads"))
+                        .collect();
+                    if !spills.is_empty() {
+                        println!("   WARNING: spills: {spills:?}");
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("== {} FAILED\n{e}", id.file());
+            }
+        }
+    }
+    if failed > 0 {
+        eprintln!("nvrtc-check: {failed} program(s) failed to compile");
+        ExitCode::FAILURE
+    } else {
+        println!("nvrtc-check: all {} programs compiled for sm_90a", KernelId::ALL.len());
+        ExitCode::SUCCESS
+    }
+}

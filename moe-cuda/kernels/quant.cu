@@ -1,0 +1,109 @@
+// Token-group quantization (SPEC §5.1, bit-exact) and 128x128 block quantization (SPEC §4).
+
+// fmt: 0 = F32, 1 = F32CeilUe8m0, 2 = Ue8m0Packed.
+// One warp per item; an item is one group (f32 formats) or one packed word of up to 4 groups.
+// Rows: E * T logical rows (e, t). When `prefix` is non-null only live rows t < clamp(counts[e])
+// are visited (prefix from moe_counts_prefix); otherwise every row is live.
+// `gather` (nullable, E*T entries) maps a logical row to its source row of `x` (prepare).
+// Scales: MN-major index (e*cols + col)*T + t, or row-major (e*T + t)*cols + col.
+extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
+    const void* __restrict__ x, int x_is_f32, const int* __restrict__ gather, u8* __restrict__ q, u32* __restrict__ s,
+    int E, int T, int K, const int* __restrict__ prefix, int fmt, int mn_major) {
+    const int lane = threadIdx.x & 31;
+    const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long nwarps = ((long long)gridDim.x * blockDim.x) >> 5;
+    const int G = K / GROUP;
+    const int cols = fmt == 2 ? (G + 3) / 4 : G;
+    const long long live = prefix ? (long long)prefix[E] : (long long)E * T;
+    const long long items = live * cols;
+    for (long long it = warp; it < items; it += nwarps) {
+        const long long li = it / cols;
+        const int col = (int)(it % cols);
+        int e, t;
+        if (prefix) {
+            e = find_expert(prefix, E, li);
+            t = (int)(li - prefix[e]);
+        } else {
+            e = (int)(li / T);
+            t = (int)(li % T);
+        }
+        const long long row = (long long)e * T + t;
+        const long long src = gather ? (long long)gather[row] : row;
+        const int g0 = fmt == 2 ? col * 4 : col;
+        const int g1 = fmt == 2 ? min(g0 + 4, G) : g0 + 1;
+        u32 word = 0;
+        float sval = 0.0f;
+        for (int g = g0; g < g1; ++g) {
+            const long long off = src * K + (long long)g * GROUP + lane * 4;
+            float v[4];
+            if (x_is_f32) {
+                float4 f = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(x) + off);
+                v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+            } else {
+                uint2 h = *reinterpret_cast<const uint2*>(reinterpret_cast<const u16*>(x) + off);
+                v[0] = bf16_to_f32((u16)(h.x & 0xFFFF));
+                v[1] = bf16_to_f32((u16)(h.x >> 16));
+                v[2] = bf16_to_f32((u16)(h.y & 0xFFFF));
+                v[3] = bf16_to_f32((u16)(h.y >> 16));
+            }
+            float m = 0.0f;
+            for (int i = 0; i < 4; ++i) m = max_num(m, fabsf(v[i]));
+            m = warp_max(m);
+            const float amax = max_num(1e-10f, m);
+            float sc = __fdiv_rn(amax, 448.0f);
+            if (fmt != 0) sc = ceil_pow2(sc);
+            u32 packed = 0;
+            for (int i = 0; i < 4; ++i) packed |= ((u32)e4m3_sat(__fdiv_rn(v[i], sc))) << (8 * i);
+            *reinterpret_cast<u32*>(q + row * K + (long long)g * GROUP + lane * 4) = packed;
+            word |= ue8m0_from_pow2(sc) << (8 * (g - g0));
+            sval = sc;
+        }
+        if (lane == 0) {
+            const long long si = mn_major ? ((long long)e * cols + col) * T + t : row * cols + col;
+            s[si] = fmt == 2 ? word : __float_as_uint(sval);
+        }
+    }
+}
+
+// One 256-thread block per 128x128 block (grid-stride over E * RB * CB blocks).
+extern "C" __global__ void __launch_bounds__(256) moe_block_quant(const void* __restrict__ w, int w_is_f32, u8* __restrict__ q,
+                                                                  float* __restrict__ s, int E, int R, int C, int pow2) {
+    __shared__ float red[8];
+    const int RB = (R + GROUP - 1) / GROUP;
+    const int CB = (C + GROUP - 1) / GROUP;
+    const long long nblocks = (long long)E * RB * CB;
+    for (long long bi = blockIdx.x; bi < nblocks; bi += gridDim.x) {
+        const int cb = (int)(bi % CB);
+        const int rb = (int)((bi / CB) % RB);
+        const int e = (int)(bi / ((long long)CB * RB));
+        float m = 0.0f;
+        for (int i = threadIdx.x; i < GROUP * GROUP; i += blockDim.x) {
+            const int r = rb * GROUP + i / GROUP;
+            const int c = cb * GROUP + i % GROUP;
+            if (r < R && c < C) {
+                const long long off = ((long long)e * R + r) * C + c;
+                const float v = w_is_f32 ? reinterpret_cast<const float*>(w)[off] : bf16_to_f32(reinterpret_cast<const u16*>(w)[off]);
+                m = max_num(m, fabsf(v));
+            }
+        }
+        m = warp_max(m);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+        __syncthreads();
+        float amax = red[0];
+        for (int i = 1; i < 8; ++i) amax = max_num(amax, red[i]);
+        __syncthreads();
+        amax = max_num(amax, 1e-4f);
+        float sc = __fdiv_rn(amax, 448.0f);
+        if (pow2) sc = ceil_pow2(sc);
+        for (int i = threadIdx.x; i < GROUP * GROUP; i += blockDim.x) {
+            const int r = rb * GROUP + i / GROUP;
+            const int c = cb * GROUP + i % GROUP;
+            if (r < R && c < C) {
+                const long long off = ((long long)e * R + r) * C + c;
+                const float v = w_is_f32 ? reinterpret_cast<const float*>(w)[off] : bf16_to_f32(reinterpret_cast<const u16*>(w)[off]);
+                q[off] = e4m3_sat(__fdiv_rn(v, sc));
+            }
+        }
+        if (threadIdx.x == 0) s[((long long)e * RB + rb) * CB + cb] = sc;
+    }
+}

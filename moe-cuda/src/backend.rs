@@ -1,0 +1,493 @@
+//! [`CudaBackend`]: every operation of SPEC §5 on host slices, run on the GPU.
+//!
+//! Each entry point validates its arguments with the same moe-core `check*` method as the CPU
+//! reference (so bad input gives the same error, before any allocation or launch), uploads its
+//! inputs and its in-out outputs, launches, synchronizes, and only then copies the outputs back,
+//! so a device failure never leaves a half-written host buffer. Rows past `counts` are never
+//! written on the device, and the upload of the caller's buffer makes them round-trip
+//! unchanged.
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+use half::bf16;
+use moe_core::{
+    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Capabilities, DeviceError, Experts, ExpertsInputs,
+    ExpertsWorkspace, Finalize, GroupedGemm, MoeResult, Prepare, ProblemError, ScaleLayout, Scales, ScalesMut, SiluMulQuant,
+    TokenGroupQuant, GROUP,
+};
+
+use crate::device::{driver_err, Device};
+use crate::experts::{CountsMode, CudaExperts};
+use crate::launch::{Launcher, XIn, GEMM_BM};
+
+/// The CUDA backend: one GPU (an H100 or H200), one stream, kernels compiled on first use.
+///
+/// Host-slice calls are serialized by an internal lock; each is synchronous.
+#[derive(Debug)]
+pub struct CudaBackend {
+    pub(crate) dev: Arc<Device>,
+    pub(crate) stream: Arc<CudaStream>,
+    lock: Mutex<()>,
+}
+
+/// Rejects dimensions the kernels cannot index with 32-bit integers (`E·T` rows, `K`, `N`...).
+pub(crate) fn int_dims(what: &'static str, dims: &[usize]) -> Result<(), ProblemError> {
+    for &d in dims {
+        if d > i32::MAX as usize {
+            return Err(ProblemError::Unsupported {
+                what: format!("moe-cuda: `{what}` dimension {d} exceeds 2^31 - 1"),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn up<T: DeviceRepr>(stream: &Arc<CudaStream>, data: &[T], op: &'static str) -> Result<CudaSlice<T>, DeviceError> {
+    stream.clone_htod(data).map_err(driver_err(op))
+}
+
+pub(crate) fn alloc<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    n: usize,
+    op: &'static str,
+) -> Result<CudaSlice<T>, DeviceError> {
+    stream.alloc_zeros::<T>(n.max(1)).map_err(driver_err(op))
+}
+
+pub(crate) fn down<T: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    src: &CudaSlice<T>,
+    dst: &mut [T],
+    op: &'static str,
+) -> Result<(), DeviceError> {
+    assert_eq!(src.len(), dst.len(), "moe-cuda bug: download length");
+    stream.memcpy_dtoh(src, dst).map_err(driver_err(op))
+}
+
+pub(crate) fn sync(dev: &Device, stream: &Arc<CudaStream>, op: &'static str) -> Result<(), DeviceError> {
+    stream.synchronize().map_err(driver_err(op))?;
+    dev.ctx().check_err().map_err(driver_err(op))
+}
+
+pub(crate) fn bf16_bits(x: &[bf16]) -> &[u16] {
+    bytemuck::cast_slice(x)
+}
+
+pub(crate) fn bf16_bits_mut(x: &mut [bf16]) -> &mut [u16] {
+    bytemuck::cast_slice_mut(x)
+}
+
+/// Scales as raw 32-bit words (f32 bits or packed i32 words).
+pub(crate) fn scale_words<'a>(s: &Scales<'a>) -> &'a [u32] {
+    match s {
+        Scales::F32(v) => bytemuck::cast_slice(v),
+        Scales::Packed(v) => bytemuck::cast_slice(v),
+    }
+}
+
+pub(crate) fn scale_words_mut<'a>(s: &'a mut ScalesMut<'_>) -> &'a mut [u32] {
+    match s {
+        ScalesMut::F32(v) => bytemuck::cast_slice_mut(v),
+        ScalesMut::Packed(v) => bytemuck::cast_slice_mut(v),
+    }
+}
+
+enum XBuf {
+    Bf16(CudaSlice<u16>),
+    F32(CudaSlice<f32>),
+}
+
+impl XBuf {
+    fn upload(stream: &Arc<CudaStream>, x: &Activation<'_>, op: &'static str) -> Result<Self, DeviceError> {
+        Ok(match x {
+            Activation::Bf16(v) => XBuf::Bf16(up(stream, bf16_bits(v), op)?),
+            Activation::F32(v) => XBuf::F32(up(stream, v, op)?),
+        })
+    }
+    fn as_in(&self) -> XIn<'_> {
+        match self {
+            XBuf::Bf16(b) => XIn::Bf16(b),
+            XBuf::F32(b) => XIn::F32(b),
+        }
+    }
+}
+
+impl CudaBackend {
+    /// The backend on GPU 0. No driver, no GPU or a GPU other than compute capability 9.0 is
+    /// [`DeviceError::NoDevice`] (never a panic).
+    pub fn new() -> Result<Self, DeviceError> {
+        Self::with_ordinal(0)
+    }
+
+    /// The backend on GPU `ordinal`.
+    pub fn with_ordinal(ordinal: usize) -> Result<Self, DeviceError> {
+        let dev = Device::open(ordinal)?;
+        let stream = dev.ctx().new_stream().map_err(driver_err("stream creation"))?;
+        Ok(Self {
+            dev,
+            stream,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// The GPU's name as the driver reports it.
+    pub fn device_name(&self) -> &str {
+        self.dev.name()
+    }
+
+    /// Compiles and loads every kernel program now (otherwise each compiles at first use).
+    pub fn compile_all(&self) -> Result<(), DeviceError> {
+        for id in crate::kernels::KernelId::ALL {
+            self.dev.module(id)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn launcher(&self) -> Launcher<'_> {
+        Launcher {
+            dev: &self.dev,
+            stream: &self.stream,
+        }
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The GEMM with the diagnostic variant `chain = false` (each k32 tensor-core partial from
+    /// zero, summed in f32) selectable; the trait method uses `chain = true` (SPEC §5.3).
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn grouped_gemm_variant(
+        &self,
+        p: &GroupedGemm,
+        a: &[u8],
+        sa: Scales<'_>,
+        b: &[u8],
+        sb: &[f32],
+        counts: &[i32],
+        d: &mut [bf16],
+        chain: bool,
+    ) -> MoeResult<()> {
+        const OP: &str = "grouped gemm";
+        p.check(a, &sa, b, sb, counts, d)?;
+        let (e, t, n, k) = (p.experts(), p.capacity(), p.n(), p.k());
+        int_dims("a", &[e * t, n, k])?;
+        let _g = self.guard();
+        let s = &self.stream;
+        let a_d = up(s, a, OP)?;
+        let sa_d = up(s, scale_words(&sa), OP)?;
+        let b_d = up(s, b, OP)?;
+        let sb_d = up(s, sb, OP)?;
+        let c_d = up(s, counts, OP)?;
+        let mut d_d = up(s, bf16_bits(d), OP)?;
+        let mut prefix = alloc::<i32>(s, e + 1, OP)?;
+        let mut tiles = alloc::<i32>(s, e + 1, OP)?;
+        let l = self.launcher();
+        l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
+        l.grouped_gemm(
+            &a_d,
+            &sa_d,
+            p.scale_format(),
+            &b_d,
+            &sb_d,
+            &mut d_d,
+            &c_d,
+            &tiles,
+            (e, t, n, k),
+            chain,
+        )?;
+        sync(&self.dev, s, OP)?;
+        down(s, &d_d, bf16_bits_mut(d), OP)?;
+        Ok(())
+    }
+
+    /// `exp_f32` of the f32 inputs with bits `start..start + out.len()`, on the GPU, reusing
+    /// `scratch` (grown as needed). For the exhaustive self-test.
+    pub fn exp_f32_range(&self, start: u32, out: &mut [f32], scratch: &mut Option<CudaSlice<f32>>) -> MoeResult<()> {
+        const OP: &str = "exp self-test";
+        let _g = self.guard();
+        let n = out.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if scratch.as_ref().is_none_or(|b| b.len() != n) {
+            *scratch = Some(alloc::<f32>(&self.stream, n, OP)?);
+        }
+        let buf = scratch.as_mut().expect("allocated above");
+        self.launcher().exp_f32_range(start, n, buf)?;
+        sync(&self.dev, &self.stream, OP)?;
+        down(&self.stream, buf, out, OP)?;
+        Ok(())
+    }
+
+    /// The E4M3 encoding (`cvt.rn.satfinite.e4m3x2.f32`) of the f32 inputs with bits
+    /// `start..start + out.len()`.
+    pub fn e4m3_range(&self, start: u32, out: &mut [u8]) -> MoeResult<()> {
+        const OP: &str = "e4m3 self-test";
+        let _g = self.guard();
+        if out.is_empty() {
+            return Ok(());
+        }
+        let mut buf = alloc::<u8>(&self.stream, out.len(), OP)?;
+        self.launcher().e4m3_range(start, out.len(), &mut buf)?;
+        sync(&self.dev, &self.stream, OP)?;
+        down(&self.stream, &buf, out, OP)?;
+        Ok(())
+    }
+
+    /// The device's `vllm_ceil_pow2_bf16` of every 16-bit pattern, as bf16 bits.
+    pub fn vllm_ceil_table(&self) -> MoeResult<Vec<u16>> {
+        const OP: &str = "vllm ceil self-test";
+        let _g = self.guard();
+        let mut buf = alloc::<u16>(&self.stream, 65536, OP)?;
+        self.launcher().vllm_ceil_table(&mut buf)?;
+        sync(&self.dev, &self.stream, OP)?;
+        let mut out = vec![0u16; 65536];
+        down(&self.stream, &buf, &mut out, OP)?;
+        Ok(out)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &str {
+        "cuda"
+    }
+
+    fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+        const OP: &str = "token-group quant";
+        p.check(&x, q, &s)?;
+        let (rows, k) = (p.rows(), p.k());
+        int_dims("x", &[rows, k])?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let _g = self.guard();
+        let st = &self.stream;
+        let xb = XBuf::upload(st, &x, OP)?;
+        let mut q_d = alloc::<u8>(st, q.len(), OP)?;
+        let sw = scale_words_mut(&mut s);
+        let mut s_d = alloc::<u32>(st, sw.len(), OP)?;
+        // Every row is live: one "expert" of `rows` rows, no prefix.
+        self.launcher().token_group_quant(
+            xb.as_in(),
+            rows,
+            None,
+            &mut q_d,
+            &mut s_d,
+            (1, rows, k),
+            None,
+            p.scale_format(),
+            p.layout() == ScaleLayout::MnMajor,
+        )?;
+        sync(&self.dev, st, OP)?;
+        down(st, &q_d, q, OP)?;
+        down(st, &s_d, sw, OP)?;
+        Ok(())
+    }
+
+    fn batched_token_group_quant(
+        &self,
+        p: &BatchedTokenGroupQuant,
+        x: Activation<'_>,
+        counts: &[i32],
+        q: &mut [u8],
+        mut s: ScalesMut<'_>,
+    ) -> MoeResult<()> {
+        const OP: &str = "batched token-group quant";
+        p.check(&x, counts, q, &s)?;
+        let (e, t, k) = (p.experts(), p.capacity(), p.k());
+        int_dims("x", &[e * t, k])?;
+        let _g = self.guard();
+        let st = &self.stream;
+        let xb = XBuf::upload(st, &x, OP)?;
+        let c_d = up(st, counts, OP)?;
+        let mut q_d = up(st, q, OP)?;
+        let sw = scale_words_mut(&mut s);
+        let mut s_d = up(st, sw, OP)?;
+        let mut prefix = alloc::<i32>(st, e + 1, OP)?;
+        let mut tiles = alloc::<i32>(st, e + 1, OP)?;
+        let l = self.launcher();
+        l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
+        l.token_group_quant(
+            xb.as_in(),
+            e * t,
+            None,
+            &mut q_d,
+            &mut s_d,
+            (e, t, k),
+            Some(&prefix),
+            p.scale_format(),
+            true,
+        )?;
+        sync(&self.dev, st, OP)?;
+        down(st, &q_d, q, OP)?;
+        down(st, &s_d, sw, OP)?;
+        Ok(())
+    }
+
+    fn block_quant(&self, p: &BlockQuant, w: Activation<'_>, q: &mut [u8], s: &mut [f32]) -> MoeResult<()> {
+        const OP: &str = "block quant";
+        p.check(&w, q, s)?;
+        let (e, r, c) = (p.experts(), p.rows(), p.cols());
+        int_dims("w", &[e, r, c, e * r.div_ceil(GROUP) * c.div_ceil(GROUP)])?;
+        let _g = self.guard();
+        let st = &self.stream;
+        let wb = XBuf::upload(st, &w, OP)?;
+        let mut q_d = alloc::<u8>(st, q.len(), OP)?;
+        let mut s_d = alloc::<f32>(st, s.len(), OP)?;
+        self.launcher().block_quant(wb.as_in(), &mut q_d, &mut s_d, e, r, c, p.pow2())?;
+        sync(&self.dev, st, OP)?;
+        down(st, &q_d, q, OP)?;
+        down(st, &s_d, s, OP)?;
+        Ok(())
+    }
+
+    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+        const OP: &str = "silu-mul-quant";
+        p.check(y, counts, q, &s)?;
+        let (e, t, h) = (p.experts(), p.capacity(), p.h());
+        int_dims("y", &[e * t, 2 * h])?;
+        let _g = self.guard();
+        let st = &self.stream;
+        let y_d = up(st, bf16_bits(y), OP)?;
+        let c_d = up(st, counts, OP)?;
+        let mut q_d = up(st, q, OP)?;
+        let sw = scale_words_mut(&mut s);
+        let mut s_d = up(st, sw, OP)?;
+        let mut prefix = alloc::<i32>(st, e + 1, OP)?;
+        let mut tiles = alloc::<i32>(st, e + 1, OP)?;
+        let l = self.launcher();
+        l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
+        l.silu_mul_quant(&y_d, &mut q_d, &mut s_d, (e, t, h), &prefix, p.scale_format(), p.numerics())?;
+        sync(&self.dev, st, OP)?;
+        down(st, &q_d, q, OP)?;
+        down(st, &s_d, sw, OP)?;
+        Ok(())
+    }
+
+    fn grouped_gemm(
+        &self,
+        p: &GroupedGemm,
+        a: &[u8],
+        sa: Scales<'_>,
+        b: &[u8],
+        sb: &[f32],
+        counts: &[i32],
+        d: &mut [bf16],
+    ) -> MoeResult<()> {
+        self.grouped_gemm_variant(p, a, sa, b, sb, counts, d, true)
+    }
+
+    fn prepare(
+        &self,
+        p: &Prepare,
+        x: &[bf16],
+        topk_ids: &[i32],
+        a1q: &mut [u8],
+        mut a1s: ScalesMut<'_>,
+        counts: &mut [i32],
+    ) -> MoeResult<()> {
+        const OP: &str = "prepare";
+        // Routing (validation, dedup, overflow) on the host, exactly as the reference does.
+        let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
+        let (m, e, t, k) = (p.tokens(), p.experts(), p.capacity(), p.k());
+        int_dims("a1q", &[e * t, k, m])?;
+        let live: usize = routing.counts().iter().map(|&c| c as usize).sum();
+        if live > 0 {
+            // gather[e*T + r] = the token in row r of expert e; dead rows point at token 0 and
+            // are never visited.
+            let mut gather = vec![0i32; e * t];
+            for ex in 0..e {
+                for (r, &tok) in routing.tokens(ex).iter().enumerate() {
+                    gather[ex * t + r] = tok as i32;
+                }
+            }
+            let _g = self.guard();
+            let st = &self.stream;
+            let x_d = up(st, bf16_bits(x), OP)?;
+            let g_d = up(st, &gather, OP)?;
+            let c_d = up(st, routing.counts(), OP)?;
+            let mut q_d = up(st, a1q, OP)?;
+            let sw = scale_words_mut(&mut a1s);
+            let mut s_d = up(st, sw, OP)?;
+            let mut prefix = alloc::<i32>(st, e + 1, OP)?;
+            let mut tiles = alloc::<i32>(st, e + 1, OP)?;
+            let l = self.launcher();
+            l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
+            l.token_group_quant(
+                XIn::Bf16(&x_d),
+                m,
+                Some(&g_d),
+                &mut q_d,
+                &mut s_d,
+                (e, t, k),
+                Some(&prefix),
+                p.scale_format(),
+                true,
+            )?;
+            sync(&self.dev, st, OP)?;
+            down(st, &q_d, a1q, OP)?;
+            down(st, &s_d, sw, OP)?;
+        }
+        counts.copy_from_slice(routing.counts());
+        Ok(())
+    }
+
+    fn finalize(&self, p: &Finalize, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &mut [bf16]) -> MoeResult<()> {
+        const OP: &str = "finalize";
+        let routing = p.check(expert_out, topk_ids, topk_weights, out)?;
+        let (m, k, topk, e, t) = (p.tokens(), p.k(), p.topk(), p.experts(), p.capacity());
+        int_dims("expert_out", &[e * t, k, topk])?;
+        if m == 0 {
+            return Ok(());
+        }
+        let _g = self.guard();
+        let st = &self.stream;
+        let eo_d = up(st, bf16_bits(expert_out), OP)?;
+        let ids_d = up(st, topk_ids, OP)?;
+        let rows_d = up(st, routing.rows(), OP)?;
+        let w_d = up(st, topk_weights, OP)?;
+        let mut out_d = alloc::<u16>(st, out.len(), OP)?;
+        self.launcher()
+            .finalize(&eo_d, &ids_d, &rows_d, &w_d, &mut out_d, (m, k, topk, e, t))?;
+        sync(&self.dev, st, OP)?;
+        down(st, &out_d, bf16_bits_mut(out), OP)?;
+        Ok(())
+    }
+}
+
+impl BatchedExperts for CudaBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            chunking: false,
+            expert_map: false,
+            packed_ue8m0_act_scales: true,
+        }
+    }
+
+    /// Runs the three stages device-resident (one upload, one download), through
+    /// [`CudaExperts`], and copies the intermediates into `ws`.
+    fn apply(&self, p: &Experts, inputs: ExpertsInputs<'_>, ws: &mut ExpertsWorkspace, out: &mut [bf16]) -> MoeResult<()> {
+        p.check(inputs.a1q, &inputs.a1s, &inputs.w1, &inputs.w2, inputs.counts, out)?;
+        let fresh = ExpertsWorkspace::new(p);
+        if ws.h1.len() != fresh.h1.len()
+            || ws.q2.len() != fresh.q2.len()
+            || ws.s2.len() != fresh.s2.len()
+            || ws.s2.view().is_packed() != fresh.s2.view().is_packed()
+        {
+            *ws = fresh;
+        }
+        let _g = self.guard();
+        let mut ex = CudaExperts::with_stream(self.dev.clone(), self.stream.clone(), *p)?;
+        ex.upload_inputs(&inputs)?;
+        ex.upload_workspace(ws)?;
+        ex.upload_output(out)?;
+        ex.apply_on_stream(CountsMode::Checked)?;
+        ex.synchronize()?;
+        ex.download_workspace(ws)?;
+        ex.download_output(out)?;
+        Ok(())
+    }
+}

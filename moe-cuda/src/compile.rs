@@ -1,0 +1,107 @@
+//! NVRTC compilation of the kernel programs to `sm_90a` cubins.
+//!
+//! cudarc's safe `compile_ptx_with_opts` returns PTX and drops the log on success; the backend
+//! wants the cubin (so `ptxas` runs here, with its resource report) and the log in every case,
+//! so this module drives NVRTC's C API directly.
+
+use std::ffi::{c_char, CString};
+
+use cudarc::nvrtc::{result, sys};
+use moe_core::DeviceError;
+
+use crate::kernels::{KernelId, NVRTC_OPTIONS};
+
+/// A compiled program: the `sm_90a` cubin and NVRTC's log (warnings, `ptxas` report).
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// The program.
+    pub id: KernelId,
+    /// The cubin image, loadable with `cuModuleLoadData`.
+    pub cubin: Vec<u8>,
+    /// NVRTC's log, possibly empty.
+    pub log: String,
+}
+
+/// Whether `libnvrtc` can be loaded.
+pub fn nvrtc_present() -> bool {
+    // SAFETY: `is_culib_present` only tries to open the shared library by its candidate names
+    // (dlopen) and closes it again; it dereferences nothing of ours.
+    unsafe { sys::is_culib_present() }
+}
+
+fn log_of(prog: sys::nvrtcProgram) -> String {
+    // SAFETY: `prog` was returned by `create_program` and is destroyed only after this call
+    // (by `ProgramGuard::drop`, which runs later in `compile`).
+    match unsafe { result::get_program_log(prog) } {
+        Ok(raw) => {
+            let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Err(e) => format!("(no log: {e:?})"),
+    }
+}
+
+struct ProgramGuard(sys::nvrtcProgram);
+
+impl Drop for ProgramGuard {
+    fn drop(&mut self) {
+        // SAFETY: the program was created by `create_program` and is destroyed exactly once,
+        // here; nothing uses it after the guard is dropped.
+        let _ = unsafe { result::destroy_program(self.0) };
+    }
+}
+
+/// Compiles one program with [`NVRTC_OPTIONS`] plus `extra` options (e.g. `--ptxas-options=-v`).
+///
+/// A missing NVRTC library is [`DeviceError::NoDevice`]; a compile failure is
+/// [`DeviceError::Compile`] with the program's file name and NVRTC's log.
+pub fn compile(id: KernelId, extra: &[&str]) -> Result<Compiled, DeviceError> {
+    if !nvrtc_present() {
+        return Err(DeviceError::NoDevice {
+            reason: "libnvrtc (CUDA 13) could not be loaded".into(),
+        });
+    }
+    let compile_err = |log: String| DeviceError::Compile {
+        kernel: id.file().to_string(),
+        log,
+    };
+    let src = CString::new(id.source()).map_err(|_| compile_err("source contains a NUL byte".into()))?;
+    let name = CString::new(id.file()).map_err(|_| compile_err("file name contains a NUL byte".into()))?;
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| compile_err(format!("nvrtcCreateProgram: {e:?}")))?;
+    let guard = ProgramGuard(prog);
+    let opts: Vec<&str> = NVRTC_OPTIONS.iter().copied().chain(extra.iter().copied()).collect();
+    // SAFETY: `guard.0` is a live program from `create_program` (destroyed only when `guard`
+    // drops at the end of this function); `src` and `name`, which it may reference, outlive it;
+    // the options are NUL-free ASCII strings that `compile_program` copies into C strings.
+    let status = unsafe { result::compile_program(guard.0, &opts) };
+    let log = log_of(guard.0);
+    if let Err(e) = status {
+        return Err(compile_err(format!("{e:?}\n{log}")));
+    }
+    let mut size = 0usize;
+    // SAFETY: `guard.0` is live and compiled; `size` is a valid out-pointer for one usize.
+    let st = unsafe { sys::nvrtcGetCUBINSize(guard.0, &mut size) };
+    if st != sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
+        return Err(compile_err(format!("nvrtcGetCUBINSize: {st:?}\n{log}")));
+    }
+    let mut cubin = vec![0u8; size];
+    // SAFETY: `cubin` holds exactly the `size` bytes that NVRTC reported for this program's
+    // cubin, so the copy stays inside the buffer.
+    let st = unsafe { sys::nvrtcGetCUBIN(guard.0, cubin.as_mut_ptr() as *mut c_char) };
+    if st != sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(compile_err(format!("nvrtcGetCUBIN: {st:?}\n{log}")));
+    }
+    drop(guard);
+    Ok(Compiled { id, cubin, log })
+}
+
+/// NVRTC's version as `(major, minor)`, for reports.
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    if !nvrtc_present() {
+        return None;
+    }
+    let (mut major, mut minor) = (0i32, 0i32);
+    // SAFETY: two valid out-pointers to i32; the library is present (checked above).
+    let st = unsafe { sys::nvrtcVersion(&mut major, &mut minor) };
+    (st == sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
