@@ -1,0 +1,329 @@
+//! The fast reference: the same arithmetic as [`crate::NaiveCpu`], organised for speed.
+//!
+//! - Rows are processed in parallel with rayon; every output element is computed by exactly one
+//!   task with the same sequence of f32 operations as the naive path, so results do not depend
+//!   on the thread count.
+//! - Inner loops work on whole 128-element groups in fixed-size arrays with branch-free helpers
+//!   (`e4m3_from_f32`, `exp_f32`), so that they vectorize.
+//! - The grouped GEMM computes each 128-wide block partial with a float64 matrix product (faer);
+//!   see [`crate::gemm`] for why that is exact.
+
+use half::bf16;
+use moe_core::format::{bf16_out, ceil_pow2, e4m3_from_f32, round_bf16};
+use moe_core::math::{exp_f32, vllm_ceil_pow2_bf16};
+use moe_core::{
+    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GroupedGemm, MoeResult, Numerics, Prepare, ScaleFormat, ScaleLayout, Scales,
+    ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
+};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+use crate::common::{store_scale, vllm_consts};
+use crate::naive::clear_packed_rows;
+
+/// The fast CPU reference: parallel with rayon, bit-identical to [`crate::NaiveCpu`] for any
+/// thread count.
+#[derive(Debug, Clone, Default)]
+pub struct CpuBackend {
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl CpuBackend {
+    /// Runs on rayon's global thread pool.
+    pub fn new() -> Self {
+        Self { pool: None }
+    }
+
+    /// Runs on the given thread pool (the caller chooses the parallelism).
+    pub fn with_pool(pool: Arc<rayon::ThreadPool>) -> Self {
+        Self { pool: Some(pool) }
+    }
+
+    /// Runs on a new pool of `threads` threads.
+    pub fn with_threads(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
+        Ok(Self::with_pool(Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?)))
+    }
+
+    /// Number of threads this backend uses.
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+    }
+
+    pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+
+    /// The grouped GEMM, also returning the absolute-sum bound of SPEC §5.3 per element (as
+    /// [`crate::NaiveCpu::grouped_gemm_with_bound`], identical results).
+    #[allow(clippy::too_many_arguments)]
+    pub fn grouped_gemm_with_bound(
+        &self,
+        p: &GroupedGemm,
+        a: &[u8],
+        sa: Scales<'_>,
+        b: &[u8],
+        sb: &[f32],
+        counts: &[i32],
+        d: &mut [bf16],
+        bound: &mut [f64],
+    ) -> MoeResult<()> {
+        p.check(a, &sa, b, sb, counts, d)?;
+        moe_core::check_len("bound", bound.len(), &[p.experts(), p.capacity(), p.n()])?;
+        self.install(|| crate::gemm::grouped_gemm(p, a, sa, b, sb, counts, d, Some(bound)));
+        Ok(())
+    }
+}
+
+/// §5.1 quantization of one group held in `v`: returns the scale.
+#[inline]
+fn quant_group(v: &[f32; GROUP], ceil: bool, q: &mut [u8]) -> f32 {
+    let mut amax = 1e-10f32;
+    for &x in v {
+        amax = amax.max(x.abs());
+    }
+    let mut s = amax / E4M3_MAX;
+    if ceil {
+        s = ceil_pow2(s);
+    }
+    let q: &mut [u8; GROUP] = q.try_into().expect("group of 128");
+    for i in 0..GROUP {
+        q[i] = e4m3_from_f32(v[i] / s);
+    }
+    s
+}
+
+#[inline]
+fn load_group(x: &Activation<'_>, start: usize, v: &mut [f32; GROUP]) {
+    match x {
+        Activation::Bf16(s) => {
+            for (o, i) in v.iter_mut().zip(&s[start..start + GROUP]) {
+                *o = i.to_f32();
+            }
+        }
+        Activation::F32(s) => v.copy_from_slice(&s[start..start + GROUP]),
+    }
+}
+
+/// Quantizes rows of `x` (row `r` starting at `x_off(r)`) into `q` (rows of `k`, contiguous),
+/// in parallel; returns the per-row scales `(rows, groups)` row-major.
+fn quant_rows_par(x: &Activation<'_>, k: usize, ceil: bool, q: &mut [u8], x_off: impl Fn(usize) -> usize + Sync) -> Vec<f32> {
+    let groups = k / GROUP;
+    let rows = q.len() / k;
+    let mut scales = vec![0f32; rows * groups];
+    q.par_chunks_mut(k).zip(scales.par_chunks_mut(groups)).enumerate().with_min_len(4).for_each(|(r, (qr, sr))| {
+        let mut v = [0f32; GROUP];
+        let base = x_off(r);
+        for g in 0..groups {
+            load_group(x, base + g * GROUP, &mut v);
+            sr[g] = quant_group(&v, ceil, &mut qr[g * GROUP..(g + 1) * GROUP]);
+        }
+    });
+    scales
+}
+
+fn expert_scales<'s>(s: &'s mut ScalesMut<'_>, e: usize, len: usize) -> ScalesMut<'s> {
+    match s {
+        ScalesMut::F32(v) => ScalesMut::F32(&mut v[e * len..(e + 1) * len]),
+        ScalesMut::Packed(v) => ScalesMut::Packed(&mut v[e * len..(e + 1) * len]),
+    }
+}
+
+/// Scatters per-row scales `(rows, groups)` into one expert's MN-major `(cols, T)` scales.
+fn scatter_mn(se: &mut ScalesMut<'_>, fmt: ScaleFormat, t_cap: usize, groups: usize, rows: &[f32], live: usize) {
+    clear_packed_rows(se, t_cap, fmt.columns(groups), live);
+    for t in 0..live {
+        for g in 0..groups {
+            store_scale(se, fmt, ScaleLayout::MnMajor, t_cap, groups, t, g, rows[t * groups + g]);
+        }
+    }
+}
+
+/// VllmBf16 SiLU-mul of one group: `v = bf16(bf16(silu(gate)) · up)`.
+#[inline]
+fn silu_mul_group(gate: &[bf16], up: &[bf16], numerics: Numerics, v: &mut [f32; GROUP]) {
+    let gate: &[bf16; GROUP] = gate.try_into().expect("group");
+    let up: &[bf16; GROUP] = up.try_into().expect("group");
+    let mut e = [0f32; GROUP];
+    for i in 0..GROUP {
+        e[i] = exp_f32(-gate[i].to_f32());
+    }
+    match numerics {
+        Numerics::VllmBf16 => {
+            for i in 0..GROUP {
+                let g = gate[i].to_f32();
+                v[i] = round_bf16(round_bf16(g / (1.0 + e[i])) * up[i].to_f32());
+            }
+        }
+        Numerics::F32 => {
+            for i in 0..GROUP {
+                let g = gate[i].to_f32();
+                v[i] = (g / (1.0 + e[i])) * up[i].to_f32();
+            }
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
+    fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+        p.check(&x, q, &s)?;
+        let (rows, k, groups, fmt) = (p.rows(), p.k(), p.groups(), p.scale_format());
+        let scales = self.install(|| quant_rows_par(&x, k, fmt.is_ceil(), q, |r| r * k));
+        if let ScalesMut::Packed(w) = &mut s {
+            w.fill(0);
+        }
+        for r in 0..rows {
+            for g in 0..groups {
+                store_scale(&mut s, fmt, p.layout(), rows, groups, r, g, scales[r * groups + g]);
+            }
+        }
+        Ok(())
+    }
+
+    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation<'_>, counts: &[i32], q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+        p.check(&x, counts, q, &s)?;
+        let (t_cap, k, groups, fmt) = (p.capacity(), p.k(), p.groups(), p.scale_format());
+        let per_expert = fmt.columns(groups) * t_cap;
+        for (e, qe) in q.chunks_mut(t_cap * k).enumerate() {
+            let live = counts[e] as usize;
+            let rows = self.install(|| quant_rows_par(&x, k, fmt.is_ceil(), &mut qe[..live * k], |r| (e * t_cap + r) * k));
+            scatter_mn(&mut expert_scales(&mut s, e, per_expert), fmt, t_cap, groups, &rows, live);
+        }
+        Ok(())
+    }
+
+    fn block_quant(&self, p: &BlockQuant, w: Activation<'_>, q: &mut [u8], s: &mut [f32]) -> MoeResult<()> {
+        p.check(&w, q, s)?;
+        let (r_dim, c_dim, pow2) = (p.rows(), p.cols(), p.pow2());
+        let [_, rbs, cbs] = p.scale_shape();
+        self.install(|| {
+            // One task per (expert, 128-row block): its rows of `q` and its row of scales.
+            let tasks: Vec<(usize, usize)> = (0..p.experts()).flat_map(|e| (0..rbs).map(move |rb| (e, rb))).collect();
+            let mut q_parts: Vec<&mut [u8]> = Vec::with_capacity(tasks.len());
+            for qe in q.chunks_mut(r_dim * c_dim) {
+                q_parts.extend(qe.chunks_mut(GROUP * c_dim));
+            }
+            q_parts.into_par_iter().zip(s.par_chunks_mut(cbs)).zip(tasks).for_each(|((qb, sb), (e, rb))| {
+                let rows = qb.len() / c_dim;
+                let base = (e * r_dim + rb * GROUP) * c_dim;
+                for cb in 0..cbs {
+                    let cols = (cb * GROUP..((cb + 1) * GROUP).min(c_dim)).len();
+                    let mut amax = 1e-4f32;
+                    for r in 0..rows {
+                        for c in cb * GROUP..cb * GROUP + cols {
+                            amax = amax.max(w.get(base + r * c_dim + c).abs());
+                        }
+                    }
+                    let mut sc = amax / E4M3_MAX;
+                    if pow2 {
+                        sc = ceil_pow2(sc);
+                    }
+                    for r in 0..rows {
+                        for c in cb * GROUP..cb * GROUP + cols {
+                            qb[r * c_dim + c] = e4m3_from_f32(w.get(base + r * c_dim + c) / sc);
+                        }
+                    }
+                    sb[cb] = sc;
+                }
+            });
+        });
+        Ok(())
+    }
+
+    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+        p.check(y, counts, q, &s)?;
+        let (t_cap, h, groups, fmt, numerics) = (p.capacity(), p.h(), p.groups(), p.scale_format(), p.numerics());
+        let per_expert = fmt.columns(groups) * t_cap;
+        let (eps_bf16, inv448_bf16) = vllm_consts();
+        let ceil = fmt.is_ceil();
+        for (e, qe) in q.chunks_mut(t_cap * h).enumerate() {
+            let live = counts[e] as usize;
+            let mut rows = vec![0f32; live * groups];
+            self.install(|| {
+                qe[..live * h].par_chunks_mut(h).zip(rows.par_chunks_mut(groups)).enumerate().for_each(|(t, (qr, sr))| {
+                    let yr = &y[(e * t_cap + t) * 2 * h..][..2 * h];
+                    let mut v = [0f32; GROUP];
+                    for g in 0..groups {
+                        let qg = &mut qr[g * GROUP..(g + 1) * GROUP];
+                        silu_mul_group(&yr[g * GROUP..][..GROUP], &yr[h + g * GROUP..][..GROUP], numerics, &mut v);
+                        sr[g] = match numerics {
+                            Numerics::F32 => quant_group(&v, ceil, qg),
+                            Numerics::VllmBf16 => {
+                                let mut amax = eps_bf16;
+                                for &x in &v {
+                                    amax = amax.max(x.abs());
+                                }
+                                let mut sb = bf16::from_f32(amax * inv448_bf16);
+                                if ceil {
+                                    sb = vllm_ceil_pow2_bf16(sb);
+                                }
+                                let sc = sb.to_f32();
+                                let inv = round_bf16(1.0 / sc);
+                                let qg: &mut [u8; GROUP] = qg.try_into().expect("group");
+                                for i in 0..GROUP {
+                                    qg[i] = e4m3_from_f32(round_bf16(v[i] * inv).clamp(-E4M3_MAX, E4M3_MAX));
+                                }
+                                sc
+                            }
+                        };
+                    }
+                });
+            });
+            scatter_mn(&mut expert_scales(&mut s, e, per_expert), fmt, t_cap, groups, &rows, live);
+        }
+        Ok(())
+    }
+
+    fn grouped_gemm(&self, p: &GroupedGemm, a: &[u8], sa: Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32], d: &mut [bf16]) -> MoeResult<()> {
+        p.check(a, &sa, b, sb, counts, d)?;
+        self.install(|| crate::gemm::grouped_gemm(p, a, sa, b, sb, counts, d, None));
+        Ok(())
+    }
+
+    fn prepare(&self, p: &Prepare, x: &[bf16], topk_ids: &[i32], a1q: &mut [u8], mut a1s: ScalesMut<'_>, counts: &mut [i32]) -> MoeResult<()> {
+        let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
+        let (t_cap, k, fmt) = (p.capacity(), p.k(), p.scale_format());
+        let groups = k / GROUP;
+        let per_expert = fmt.columns(groups) * t_cap;
+        counts.copy_from_slice(routing.counts());
+        let xa = Activation::Bf16(x);
+        for (e, qe) in a1q.chunks_mut(t_cap * k).enumerate() {
+            let toks = routing.tokens(e);
+            let rows = self.install(|| quant_rows_par(&xa, k, fmt.is_ceil(), &mut qe[..toks.len() * k], |r| toks[r] as usize * k));
+            scatter_mn(&mut expert_scales(&mut a1s, e, per_expert), fmt, t_cap, groups, &rows, toks.len());
+        }
+        Ok(())
+    }
+
+    fn finalize(&self, p: &Finalize, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &mut [bf16]) -> MoeResult<()> {
+        let routing = p.check(expert_out, topk_ids, topk_weights, out)?;
+        let (k, topk, t_cap) = (p.k(), p.topk(), p.capacity());
+        self.install(|| {
+            out.par_chunks_mut(k).enumerate().with_min_len(4).for_each(|(m, o)| {
+                let mut acc = vec![0f32; k];
+                for j in 0..topk {
+                    if let Some(row) = routing.row(m, j) {
+                        let e = topk_ids[m * topk + j] as usize;
+                        let w = topk_weights[m * topk + j];
+                        let src = &expert_out[(e * t_cap + row) * k..][..k];
+                        for (a, v) in acc.iter_mut().zip(src) {
+                            *a = w.mul_add(v.to_f32(), *a);
+                        }
+                    }
+                }
+                for (o, a) in o.iter_mut().zip(&acc) {
+                    *o = bf16_out(*a);
+                }
+            });
+        });
+        Ok(())
+    }
+}
+
+impl BatchedExperts for CpuBackend {}

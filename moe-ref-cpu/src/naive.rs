@@ -1,0 +1,298 @@
+//! The naive reference: each operation written as the plain loop nest of SPEC §5, one element at
+//! a time, in the order the spec states. Slow and obviously right; the fast path is tested
+//! against it bit for bit.
+
+use half::bf16;
+use moe_core::format::{bf16_out, ceil_pow2, e4m3_from_f32, e4m3_to_f32, round_bf16};
+use moe_core::math::{silu_f32, vllm_ceil_pow2_bf16};
+use moe_core::{
+    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GroupedGemm, MoeResult, Numerics, Prepare, ScaleFormat, ScaleLayout, Scales,
+    ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
+};
+
+use crate::common::{store_scale, vllm_consts};
+
+/// The naive CPU reference (single-threaded, element by element).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NaiveCpu;
+
+impl NaiveCpu {
+    /// The naive backend.
+    pub fn new() -> Self {
+        NaiveCpu
+    }
+
+    /// The grouped GEMM, also returning for each output element the absolute-sum bound of
+    /// SPEC §5.3, `Σ_kb |s_kb| · Σ_{i in kb} |decode(a_i)·decode(b_i)|`, as f64 (`(E, T, N)`;
+    /// zero for rows past `counts`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn grouped_gemm_with_bound(
+        &self,
+        p: &GroupedGemm,
+        a: &[u8],
+        sa: Scales<'_>,
+        b: &[u8],
+        sb: &[f32],
+        counts: &[i32],
+        d: &mut [bf16],
+        bound: &mut [f64],
+    ) -> MoeResult<()> {
+        p.check(a, &sa, b, sb, counts, d)?;
+        moe_core::check_len("bound", bound.len(), &[p.experts(), p.capacity(), p.n()])?;
+        gemm(p, a, sa, b, sb, counts, d, Some(bound));
+        Ok(())
+    }
+}
+
+/// `sa[e, t, kb]` from MN-major `(E, cols, T)` scales, decoded.
+pub(crate) fn sa_at(sa: &Scales<'_>, p: &GroupedGemm, e: usize, t: usize, kb: usize) -> f32 {
+    let cols = p.scale_format().columns(p.k_blocks());
+    let per_expert = cols * p.capacity();
+    match sa {
+        Scales::F32(s) => Scales::F32(&s[e * per_expert..(e + 1) * per_expert]).get_mn(p.capacity(), t, kb),
+        Scales::Packed(s) => Scales::Packed(&s[e * per_expert..(e + 1) * per_expert]).get_mn(p.capacity(), t, kb),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm(p: &GroupedGemm, a: &[u8], sa: Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32], d: &mut [bf16], mut bound: Option<&mut [f64]>) {
+    let (t_cap, n_dim, k_dim, kbs) = (p.capacity(), p.n(), p.k(), p.k_blocks());
+    for e in 0..p.experts() {
+        for t in 0..counts[e] as usize {
+            let arow = &a[(e * t_cap + t) * k_dim..][..k_dim];
+            for n in 0..n_dim {
+                let brow = &b[(e * n_dim + n) * k_dim..][..k_dim];
+                let mut acc = 0f32;
+                let mut bnd = 0f64;
+                for kb in 0..kbs {
+                    let mut sum = 0f64;
+                    let mut abs = 0f64;
+                    for i in kb * GROUP..(kb + 1) * GROUP {
+                        let prod = e4m3_to_f32(arow[i]) as f64 * e4m3_to_f32(brow[i]) as f64;
+                        sum += prod;
+                        abs += prod.abs();
+                    }
+                    let s = sa_at(&sa, p, e, t, kb) * sb[(e * (n_dim / GROUP) + n / GROUP) * kbs + kb];
+                    acc = s.mul_add(sum as f32, acc);
+                    bnd += (s as f64).abs() * abs;
+                }
+                d[(e * t_cap + t) * n_dim + n] = bf16_out(acc);
+                if let Some(bound) = bound.as_deref_mut() {
+                    bound[(e * t_cap + t) * n_dim + n] = bnd;
+                }
+            }
+        }
+    }
+}
+
+/// Quantizes one group of values with the §5.1 rule; returns the scale.
+fn quant_group(vals: &[f32], ceil: bool, q: &mut [u8]) -> f32 {
+    let mut amax = 1e-10f32;
+    for &v in vals {
+        amax = amax.max(v.abs());
+    }
+    let mut s = amax / E4M3_MAX;
+    if ceil {
+        s = ceil_pow2(s);
+    }
+    for (o, &v) in q.iter_mut().zip(vals) {
+        *o = e4m3_from_f32(v / s);
+    }
+    s
+}
+
+fn quant_rows(x: &Activation<'_>, rows: usize, k: usize, fmt: ScaleFormat, q: &mut [u8], mut put_scale: impl FnMut(usize, usize, f32)) {
+    let mut vals = vec![0f32; GROUP];
+    for r in 0..rows {
+        for g in 0..k / GROUP {
+            for (i, v) in vals.iter_mut().enumerate() {
+                *v = x.get(r * k + g * GROUP + i);
+            }
+            let s = quant_group(&vals, fmt.is_ceil(), &mut q[r * k + g * GROUP..][..GROUP]);
+            put_scale(r, g, s);
+        }
+    }
+}
+
+impl Backend for NaiveCpu {
+    fn name(&self) -> &str {
+        "cpu-naive"
+    }
+
+    fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+        p.check(&x, q, &s)?;
+        let (rows, groups, fmt, layout) = (p.rows(), p.groups(), p.scale_format(), p.layout());
+        // Packed words are rebuilt from zero so bytes past the last group read 0.
+        if let ScalesMut::Packed(w) = &mut s {
+            w.fill(0);
+        }
+        quant_rows(&x, rows, p.k(), fmt, q, |r, g, sc| store_scale(&mut s, fmt, layout, rows, groups, r, g, sc));
+        Ok(())
+    }
+
+    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation<'_>, counts: &[i32], q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+        p.check(&x, counts, q, &s)?;
+        let (t_cap, k, groups, fmt) = (p.capacity(), p.k(), p.groups(), p.scale_format());
+        let cols = fmt.columns(groups);
+        for e in 0..p.experts() {
+            let c = counts[e] as usize;
+            let xe = match x {
+                Activation::Bf16(v) => Activation::Bf16(&v[e * t_cap * k..][..c * k]),
+                Activation::F32(v) => Activation::F32(&v[e * t_cap * k..][..c * k]),
+            };
+            let mut se = match &mut s {
+                ScalesMut::F32(v) => ScalesMut::F32(&mut v[e * cols * t_cap..][..cols * t_cap]),
+                ScalesMut::Packed(v) => ScalesMut::Packed(&mut v[e * cols * t_cap..][..cols * t_cap]),
+            };
+            clear_packed_rows(&mut se, t_cap, cols, c);
+            quant_rows(&xe, c, k, fmt, &mut q[e * t_cap * k..][..c * k], |r, g, sc| {
+                store_scale(&mut se, fmt, ScaleLayout::MnMajor, t_cap, groups, r, g, sc)
+            });
+        }
+        Ok(())
+    }
+
+    fn block_quant(&self, p: &BlockQuant, w: Activation<'_>, q: &mut [u8], s: &mut [f32]) -> MoeResult<()> {
+        p.check(&w, q, s)?;
+        let (r_dim, c_dim) = (p.rows(), p.cols());
+        let [_, rbs, cbs] = p.scale_shape();
+        for e in 0..p.experts() {
+            for rb in 0..rbs {
+                for cb in 0..cbs {
+                    // Zero padding at the edges does not change the maximum of |x| >= 0.
+                    let mut amax = 1e-4f32;
+                    for r in rb * GROUP..((rb + 1) * GROUP).min(r_dim) {
+                        for c in cb * GROUP..((cb + 1) * GROUP).min(c_dim) {
+                            amax = amax.max(w.get((e * r_dim + r) * c_dim + c).abs());
+                        }
+                    }
+                    let mut sc = amax / E4M3_MAX;
+                    if p.pow2() {
+                        sc = ceil_pow2(sc);
+                    }
+                    for r in rb * GROUP..((rb + 1) * GROUP).min(r_dim) {
+                        for c in cb * GROUP..((cb + 1) * GROUP).min(c_dim) {
+                            let i = (e * r_dim + r) * c_dim + c;
+                            q[i] = e4m3_from_f32(w.get(i) / sc);
+                        }
+                    }
+                    s[(e * rbs + rb) * cbs + cb] = sc;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+        p.check(y, counts, q, &s)?;
+        let (t_cap, h, groups, fmt) = (p.capacity(), p.h(), p.groups(), p.scale_format());
+        let cols = fmt.columns(groups);
+        let (eps_bf16, inv448_bf16) = vllm_consts();
+        for e in 0..p.experts() {
+            let c = counts[e] as usize;
+            let mut se = match &mut s {
+                ScalesMut::F32(v) => ScalesMut::F32(&mut v[e * cols * t_cap..][..cols * t_cap]),
+                ScalesMut::Packed(v) => ScalesMut::Packed(&mut v[e * cols * t_cap..][..cols * t_cap]),
+            };
+            clear_packed_rows(&mut se, t_cap, cols, c);
+            for t in 0..c {
+                let row = &y[(e * t_cap + t) * 2 * h..][..2 * h];
+                let qrow = &mut q[(e * t_cap + t) * h..][..h];
+                for g in 0..groups {
+                    let mut v = [0f32; GROUP];
+                    for (i, vi) in v.iter_mut().enumerate() {
+                        let gate = row[g * GROUP + i].to_f32();
+                        let up = row[h + g * GROUP + i].to_f32();
+                        *vi = match p.numerics() {
+                            Numerics::VllmBf16 => round_bf16(round_bf16(silu_f32(gate)) * up),
+                            Numerics::F32 => silu_f32(gate) * up,
+                        };
+                    }
+                    let sc = match p.numerics() {
+                        Numerics::VllmBf16 => {
+                            let mut amax = eps_bf16;
+                            for &vi in &v {
+                                amax = amax.max(vi.abs());
+                            }
+                            let mut sb = bf16::from_f32(amax * inv448_bf16);
+                            if fmt.is_ceil() {
+                                sb = vllm_ceil_pow2_bf16(sb);
+                            }
+                            let sc = sb.to_f32();
+                            let inv = round_bf16(1.0 / sc);
+                            for (o, &vi) in qrow[g * GROUP..][..GROUP].iter_mut().zip(&v) {
+                                let z = round_bf16(vi * inv);
+                                // NaN stays NaN through the clamp and encodes to 0x7F.
+                                *o = e4m3_from_f32(z.clamp(-E4M3_MAX, E4M3_MAX));
+                            }
+                            sc
+                        }
+                        Numerics::F32 => quant_group(&v, fmt.is_ceil(), &mut qrow[g * GROUP..][..GROUP]),
+                    };
+                    store_scale(&mut se, fmt, ScaleLayout::MnMajor, t_cap, groups, t, g, sc);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn grouped_gemm(&self, p: &GroupedGemm, a: &[u8], sa: Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32], d: &mut [bf16]) -> MoeResult<()> {
+        p.check(a, &sa, b, sb, counts, d)?;
+        gemm(p, a, sa, b, sb, counts, d, None);
+        Ok(())
+    }
+
+    fn prepare(&self, p: &Prepare, x: &[bf16], topk_ids: &[i32], a1q: &mut [u8], mut a1s: ScalesMut<'_>, counts: &mut [i32]) -> MoeResult<()> {
+        let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
+        let (t_cap, k, fmt) = (p.capacity(), p.k(), p.scale_format());
+        let groups = k / GROUP;
+        let cols = fmt.columns(groups);
+        counts.copy_from_slice(routing.counts());
+        for e in 0..p.experts() {
+            let toks = routing.tokens(e);
+            let mut se = match &mut a1s {
+                ScalesMut::F32(v) => ScalesMut::F32(&mut v[e * cols * t_cap..][..cols * t_cap]),
+                ScalesMut::Packed(v) => ScalesMut::Packed(&mut v[e * cols * t_cap..][..cols * t_cap]),
+            };
+            clear_packed_rows(&mut se, t_cap, cols, toks.len());
+            for (row, &tok) in toks.iter().enumerate() {
+                let xr = Activation::Bf16(&x[tok as usize * k..][..k]);
+                quant_rows(&xr, 1, k, fmt, &mut a1q[(e * t_cap + row) * k..][..k], |_, g, sc| {
+                    store_scale(&mut se, fmt, ScaleLayout::MnMajor, t_cap, groups, row, g, sc)
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn finalize(&self, p: &Finalize, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &mut [bf16]) -> MoeResult<()> {
+        let routing = p.check(expert_out, topk_ids, topk_weights, out)?;
+        let (k, topk, t_cap) = (p.k(), p.topk(), p.capacity());
+        for m in 0..p.tokens() {
+            for c in 0..k {
+                let mut acc = 0f32;
+                for j in 0..topk {
+                    if let Some(row) = routing.row(m, j) {
+                        let e = topk_ids[m * topk + j] as usize;
+                        let v = expert_out[(e * t_cap + row) * k + c].to_f32();
+                        acc = topk_weights[m * topk + j].mul_add(v, acc);
+                    }
+                }
+                out[m * k + c] = bf16_out(acc);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BatchedExperts for NaiveCpu {}
+
+/// Zeroes the packed scale words of live rows `0..live` of one expert (`(cols, T)` MN-major), so
+/// that bytes past the last group read 0 after the per-group stores (which OR bytes in).
+pub(crate) fn clear_packed_rows(s: &mut ScalesMut<'_>, t_cap: usize, cols: usize, live: usize) {
+    if let ScalesMut::Packed(w) = s {
+        for col in 0..cols {
+            w[col * t_cap..col * t_cap + live].fill(0);
+        }
+    }
+}
