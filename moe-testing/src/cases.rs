@@ -1,0 +1,374 @@
+//! Owned inputs of one case of each operation, and seeded random builders for them.
+//!
+//! A case holds a validated problem and its input buffers; the outputs are created (poisoned) by
+//! the checks in [`crate::check`]. Inputs need not be sensible: NaN, infinities and extreme
+//! scales are valid inputs with specified results (SPEC §7).
+
+use moe_core::{
+    bf16, Activation, BatchedTokenGroupQuant, BlockQuant, Experts, ExpertsInputs, Finalize, GroupedGemm, Numerics, Prepare, ScaleBuf,
+    ScaleFormat, ScaleLayout, SiluMulQuant, TokenGroupQuant, WeightsRef, GROUP,
+};
+
+use crate::rng::Rng;
+
+/// An activation tensor, bf16 or f32.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// bf16 values.
+    Bf16(Vec<bf16>),
+    /// f32 values.
+    F32(Vec<f32>),
+}
+
+impl Input {
+    /// A borrowed view.
+    pub fn view(&self) -> Activation<'_> {
+        match self {
+            Input::Bf16(v) => Activation::Bf16(v),
+            Input::F32(v) => Activation::F32(v),
+        }
+    }
+
+    /// From f32 values, rounded to bf16 when `bf16` is set.
+    pub fn from_f32(v: Vec<f32>, bf16: bool) -> Self {
+        if bf16 {
+            Input::Bf16(v.into_iter().map(moe_core::bf16::from_f32).collect())
+        } else {
+            Input::F32(v)
+        }
+    }
+
+    /// The same tensor without its last element (a buffer of the wrong length).
+    pub fn shortened(&self) -> Self {
+        match self {
+            Input::Bf16(v) => Input::Bf16(v[..v.len().saturating_sub(1)].to_vec()),
+            Input::F32(v) => Input::F32(v[..v.len().saturating_sub(1)].to_vec()),
+        }
+    }
+}
+
+/// Token-group quantization of `(rows, K)` (SPEC §5.1).
+#[derive(Debug, Clone)]
+pub struct TokenGroupQuantCase {
+    pub p: TokenGroupQuant,
+    pub x: Input,
+}
+
+/// Batched token-group quantization of `(E, T, K)` with `counts` (SPEC §5.1).
+#[derive(Debug, Clone)]
+pub struct BatchedQuantCase {
+    pub p: BatchedTokenGroupQuant,
+    pub x: Input,
+    pub counts: Vec<i32>,
+}
+
+/// Block quantization of weights `(E, R, C)` (SPEC §4).
+#[derive(Debug, Clone)]
+pub struct BlockQuantCase {
+    pub p: BlockQuant,
+    pub w: Input,
+}
+
+/// SiLU-and-multiply + quantization of `(E, T, 2H)` (SPEC §5.2).
+#[derive(Debug, Clone)]
+pub struct SiluMulQuantCase {
+    pub p: SiluMulQuant,
+    pub y: Vec<bf16>,
+    pub counts: Vec<i32>,
+}
+
+/// The masked grouped GEMM (SPEC §5.3).
+#[derive(Debug, Clone)]
+pub struct GemmCase {
+    pub p: GroupedGemm,
+    pub a: Vec<u8>,
+    pub sa: ScaleBuf,
+    pub b: Vec<u8>,
+    pub sb: Vec<f32>,
+    pub counts: Vec<i32>,
+}
+
+/// The batched experts stage (SPEC §5.4).
+#[derive(Debug, Clone)]
+pub struct ExpertsCase {
+    pub p: Experts,
+    pub a1q: Vec<u8>,
+    pub a1s: ScaleBuf,
+    pub w1: Vec<u8>,
+    pub w1s: Vec<f32>,
+    pub w2: Vec<u8>,
+    pub w2s: Vec<f32>,
+    pub counts: Vec<i32>,
+    /// Whether the inputs are "random data" (finite, sensible scales), for which the end-to-end
+    /// `calc_diff < 1e-5` requirement applies.
+    pub random_data: bool,
+}
+
+impl ExpertsCase {
+    /// The borrowed inputs.
+    pub fn inputs(&self) -> ExpertsInputs<'_> {
+        ExpertsInputs {
+            a1q: &self.a1q,
+            a1s: self.a1s.view(),
+            w1: WeightsRef { q: &self.w1, s: &self.w1s },
+            w2: WeightsRef { q: &self.w2, s: &self.w2s },
+            counts: &self.counts,
+        }
+    }
+}
+
+/// Dispatch + quantize (SPEC §5.5).
+#[derive(Debug, Clone)]
+pub struct PrepareCase {
+    pub p: Prepare,
+    pub x: Vec<bf16>,
+    pub topk_ids: Vec<i32>,
+}
+
+/// Weight + combine (SPEC §5.5).
+#[derive(Debug, Clone)]
+pub struct FinalizeCase {
+    pub p: Finalize,
+    pub expert_out: Vec<bf16>,
+    pub topk_ids: Vec<i32>,
+    pub topk_weights: Vec<f32>,
+}
+
+/// A scale format drawn uniformly.
+pub fn any_format(r: &mut Rng) -> ScaleFormat {
+    ScaleFormat::ALL[r.below(3)]
+}
+
+/// Activation values for `rows` rows of `k`: per row a power-of-two magnitude in `2^-20..2^20`
+/// (wide dynamic range across rows), hard values when `hard`; some groups all zero.
+pub fn activation_rows(r: &mut Rng, rows: usize, k: usize, hard: bool) -> Vec<f32> {
+    let mut v = Vec::with_capacity(rows * k);
+    for _ in 0..rows {
+        let e = r.range(-20, 20) as i32;
+        for _ in 0..k / GROUP {
+            let zero = r.one_in(12);
+            let anchor = r.below(GROUP);
+            for i in 0..GROUP {
+                v.push(if zero {
+                    0.0
+                } else if hard && i == anchor {
+                    // Pin the group maximum so that the scale is exactly 2^e (ties land exactly).
+                    448.0 * 2f32.powi(e)
+                } else if hard {
+                    r.hard(e)
+                } else {
+                    r.finite(3) * 2f32.powi(e)
+                });
+            }
+        }
+    }
+    v
+}
+
+/// Power-of-two or general f32 activation scales in the storage of `fmt`, MN-major `(E, cols, T)`.
+pub fn scales_for(r: &mut Rng, fmt: ScaleFormat, e: usize, t: usize, groups: usize, hard: bool) -> ScaleBuf {
+    let cols = fmt.columns(groups);
+    match fmt {
+        ScaleFormat::Ue8m0Packed => ScaleBuf::Packed(
+            (0..e * cols * t)
+                .map(|_| {
+                    let mut w = 0u32;
+                    for k in 0..4 {
+                        let code = if hard && r.one_in(16) {
+                            r.below(256) as u32
+                        } else {
+                            r.range(110, 135) as u32
+                        };
+                        w |= code << (8 * k);
+                    }
+                    w as i32
+                })
+                .collect(),
+        ),
+        ScaleFormat::F32CeilUe8m0 => ScaleBuf::F32((0..e * cols * t).map(|_| 2f32.powi(r.range(-17, 8) as i32)).collect()),
+        ScaleFormat::F32 => ScaleBuf::F32(
+            (0..e * cols * t)
+                .map(|_| {
+                    if hard && r.one_in(16) {
+                        r.hard(-8).abs()
+                    } else {
+                        (r.unit().abs() + 0.01) * 2f32.powi(r.range(-17, 8) as i32)
+                    }
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Weight scales `(E, N/128, K/128)`: positive, spread over several binades.
+pub fn weight_scales(r: &mut Rng, n: usize, hard: bool) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            if hard && r.one_in(16) {
+                r.hard(-8).abs()
+            } else {
+                (r.unit().abs() + 0.01) * 2f32.powi(r.range(-12, 0) as i32)
+            }
+        })
+        .collect()
+}
+
+impl TokenGroupQuantCase {
+    /// A random case; `hard` mixes in the hard values.
+    pub fn random(r: &mut Rng, hard: bool) -> Self {
+        let (rows, k) = (r.below(7), GROUP * (1 + r.below(5)));
+        let layout = if r.one_in(2) { ScaleLayout::RowMajor } else { ScaleLayout::MnMajor };
+        let p = TokenGroupQuant::new(rows, k, any_format(r), layout).expect("valid shape");
+        let bf = r.one_in(2);
+        Self {
+            p,
+            x: Input::from_f32(activation_rows(r, rows, k, hard), bf),
+        }
+    }
+}
+
+impl BatchedQuantCase {
+    /// A random case.
+    pub fn random(r: &mut Rng, hard: bool) -> Self {
+        let (e, t, k) = (1 + r.below(3), 1 + r.below(6), GROUP * (1 + r.below(5)));
+        let p = BatchedTokenGroupQuant::new(e, t, k, any_format(r)).expect("valid shape");
+        let counts = (0..e).map(|_| r.count(t)).collect();
+        let bf = r.one_in(2);
+        Self {
+            p,
+            x: Input::from_f32(activation_rows(r, e * t, k, hard), bf),
+            counts,
+        }
+    }
+}
+
+impl BlockQuantCase {
+    /// A random case with ragged edges.
+    pub fn random(r: &mut Rng, hard: bool) -> Self {
+        let (e, rows, cols) = (1 + r.below(2), 1 + r.below(300), 1 + r.below(300));
+        let p = BlockQuant::new(e, rows, cols, r.one_in(2)).expect("valid shape");
+        let scale = r.range(-20, 20) as i32;
+        let v = (0..e * rows * cols)
+            .map(|_| if hard { r.hard(scale) } else { r.finite(4) * 2f32.powi(scale) })
+            .collect();
+        let bf = r.one_in(2);
+        Self {
+            p,
+            w: Input::from_f32(v, bf),
+        }
+    }
+}
+
+impl SiluMulQuantCase {
+    /// A random case.
+    pub fn random(r: &mut Rng, hard: bool) -> Self {
+        let (e, t, h) = (1 + r.below(3), 1 + r.below(6), GROUP * (1 + r.below(5)));
+        let numerics = Numerics::ALL[r.below(2)];
+        let p = SiluMulQuant::new(e, t, h, any_format(r), numerics).expect("valid shape");
+        let counts = (0..e).map(|_| r.count(t)).collect();
+        let y = (0..e * t * 2 * h)
+            .map(|_| {
+                bf16::from_f32(if hard && r.one_in(4) {
+                    let k = r.range(-10, 6) as i32;
+                    r.hard(k)
+                } else {
+                    r.finite(6) * 4.0
+                })
+            })
+            .collect();
+        Self { p, y, counts }
+    }
+}
+
+impl GemmCase {
+    /// A random case.
+    pub fn random(r: &mut Rng, hard: bool) -> Self {
+        let (e, t) = (1 + r.below(3), 1 + r.below(7));
+        let (n, k) = (GROUP * (1 + r.below(2)), GROUP * (1 + r.below(3)));
+        let fmt = any_format(r);
+        let p = GroupedGemm::new(e, t, n, k, fmt).expect("valid shape");
+        let mut a = r.e4m3s(e * t * k);
+        let mut b = r.e4m3s(e * n * k);
+        if hard {
+            for v in a.iter_mut().chain(b.iter_mut()) {
+                if r.one_in(300) {
+                    *v = 0x7F | (r.below(2) as u8) << 7; // NaN
+                }
+            }
+        }
+        let sa = scales_for(r, fmt, e, t, p.k_blocks(), hard);
+        let sb = weight_scales(r, e * (n / GROUP) * (k / GROUP), hard);
+        let counts = (0..e).map(|_| r.count(t)).collect();
+        Self { p, a, sa, b, sb, counts }
+    }
+}
+
+impl ExpertsCase {
+    /// A random case: random data (`hard == false`) has finite inputs and sensible scales.
+    pub fn random(r: &mut Rng, hard: bool) -> Self {
+        let (e, t) = (1 + r.below(2), 1 + r.below(6));
+        let (k, i) = (GROUP * (1 + r.below(2)), GROUP * (1 + r.below(2)));
+        let fmt = any_format(r);
+        let p = Experts::new(e, t, k, i, fmt, Numerics::ALL[r.below(2)]).expect("valid shape");
+        let a1q = r.e4m3s(e * t * k);
+        let a1s = scales_for(r, fmt, e, t, k / GROUP, hard);
+        let w1 = r.e4m3s(e * 2 * i * k);
+        let w2 = r.e4m3s(e * k * i);
+        let w1s = weight_scales(r, e * (2 * i / GROUP) * (k / GROUP), hard);
+        let w2s = weight_scales(r, e * (k / GROUP) * (i / GROUP), hard);
+        let counts = (0..e).map(|_| r.count(t)).collect();
+        Self {
+            p,
+            a1q,
+            a1s,
+            w1,
+            w1s,
+            w2,
+            w2s,
+            counts,
+            random_data: !hard,
+        }
+    }
+}
+
+/// Random `topk_ids (m, topk)` over `e` experts with some `-1` and some repeated ids.
+pub fn topk_ids(r: &mut Rng, m: usize, topk: usize, e: usize) -> Vec<i32> {
+    (0..m * topk).map(|_| if r.one_in(6) { -1 } else { r.below(e) as i32 }).collect()
+}
+
+impl PrepareCase {
+    /// A random case whose capacity fits the routing (`T` = the largest count, at least 1, plus
+    /// 0..2 spare rows).
+    pub fn random(r: &mut Rng, hard: bool) -> Self {
+        let (m, topk, e, k) = (r.below(9), 1 + r.below(4), 1 + r.below(4), GROUP * (1 + r.below(3)));
+        let ids = topk_ids(r, m, topk, e);
+        let routing = moe_core::Routing::new(&ids, m, topk, e, usize::MAX).expect("ids in range");
+        let t = routing.counts().iter().copied().max().unwrap_or(0).max(1) as usize + r.below(3);
+        let p = Prepare::new(m, k, topk, e, t, any_format(r)).expect("valid shape");
+        let x = activation_rows(r, m, k, hard).into_iter().map(bf16::from_f32).collect();
+        Self { p, x, topk_ids: ids }
+    }
+}
+
+impl FinalizeCase {
+    /// A random case.
+    pub fn random(r: &mut Rng, hard: bool) -> Self {
+        let (m, topk, e, k) = (r.below(9), 1 + r.below(4), 1 + r.below(4), 1 + r.below(300));
+        let ids = topk_ids(r, m, topk, e);
+        let routing = moe_core::Routing::new(&ids, m, topk, e, usize::MAX).expect("ids in range");
+        let t = routing.counts().iter().copied().max().unwrap_or(0).max(1) as usize + r.below(3);
+        let p = Finalize::new(m, k, topk, e, t).expect("valid shape");
+        let expert_out = (0..e * t * k)
+            .map(|_| bf16::from_f32(if hard && r.one_in(8) { r.hard(0) } else { r.finite(8) }))
+            .collect();
+        let topk_weights = (0..m * topk)
+            .map(|_| if hard && r.one_in(8) { r.hard(-3) } else { r.unit().abs() })
+            .collect();
+        Self {
+            p,
+            expert_out,
+            topk_ids: ids,
+            topk_weights,
+        }
+    }
+}

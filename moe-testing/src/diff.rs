@@ -1,0 +1,216 @@
+//! The engine of `moe diff`: every operation over `N` seeded random cases against the naive
+//! reference, with the same checks as the test suites, summarized per operation.
+//!
+//! Case `i` of operation `op` is generated from `(seed, op, i)` alone, so a failure is
+//! reproduced by its seed and index. Even cases are "random data" (finite, sensible scales; the
+//! experts stage then also has to meet `calc_diff < 1e-5`), odd cases mix in the hard values of
+//! [`crate::rng::Rng::hard`]. Every case also runs the bad-input checks.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use moe_core::BatchedExperts;
+
+use crate::cases::*;
+use crate::check::*;
+use crate::rng::Rng;
+
+/// The operations `moe diff` covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    TokenGroupQuant,
+    BatchedQuant,
+    BlockQuant,
+    SiluMulQuant,
+    GroupedGemm,
+    Experts,
+    Prepare,
+    Finalize,
+}
+
+impl Op {
+    /// Every operation, in pipeline order.
+    pub const ALL: [Op; 8] = [
+        Op::Prepare,
+        Op::TokenGroupQuant,
+        Op::BatchedQuant,
+        Op::BlockQuant,
+        Op::GroupedGemm,
+        Op::SiluMulQuant,
+        Op::Experts,
+        Op::Finalize,
+    ];
+
+    /// The command-line name (as `moe op`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::TokenGroupQuant => "token-group-quant",
+            Op::BatchedQuant => "batched-quant",
+            Op::BlockQuant => "block-quant",
+            Op::SiluMulQuant => "silu-mul-quant",
+            Op::GroupedGemm => "grouped-gemm",
+            Op::Experts => "experts",
+            Op::Prepare => "prepare",
+            Op::Finalize => "finalize",
+        }
+    }
+
+    /// What the operation is held to.
+    pub fn contract(self) -> &'static str {
+        match self {
+            Op::GroupedGemm | Op::Experts => "bound",
+            _ => "bit-exact",
+        }
+    }
+}
+
+/// Options of a diff run.
+#[derive(Debug, Clone)]
+pub struct DiffOptions {
+    /// Cases per operation.
+    pub cases: usize,
+    /// The seed.
+    pub seed: u64,
+    /// How the GEMM stages are compared (the backend's measured `c`, or exact).
+    pub gemm_tol: GemmTol,
+    /// The operations to run.
+    pub ops: Vec<Op>,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        Self {
+            cases: 100,
+            seed: 0,
+            gemm_tol: GemmTol::Exact,
+            ops: Op::ALL.to_vec(),
+        }
+    }
+}
+
+/// The results of one operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpSummary {
+    pub op: Op,
+    /// Cases run.
+    pub cases: usize,
+    /// Cases whose outputs equal the reference bit for bit.
+    pub exact: usize,
+    /// Cases that failed.
+    pub failed: usize,
+    /// The worst `|error| / allowed` of a bounded comparison (0 when all exact).
+    pub worst: f64,
+    /// The worst end-to-end `calc_diff` (experts only).
+    pub worst_calc_diff: Option<f64>,
+    /// The first failures (at most 5), each with its case index.
+    pub failures: Vec<String>,
+}
+
+/// The results of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffSummary {
+    pub backend: String,
+    pub seed: u64,
+    pub ops: Vec<OpSummary>,
+}
+
+impl DiffSummary {
+    /// Whether every case of every operation passed.
+    pub fn passed(&self) -> bool {
+        self.ops.iter().all(|o| o.failed == 0)
+    }
+}
+
+fn run_case<B: BatchedExperts + ?Sized>(dut: &B, op: Op, r: &mut Rng, hard: bool, tol: GemmTol) -> Checked {
+    fn both(main: Checked, rejects: Result<(), String>) -> Checked {
+        let o = main?;
+        rejects.map_err(|e| format!("bad input: {e}"))?;
+        Ok(o)
+    }
+    match op {
+        Op::TokenGroupQuant => {
+            let c = TokenGroupQuantCase::random(r, hard);
+            both(check_token_group_quant(dut, &c), check_token_group_quant_rejects(dut, &c))
+        }
+        Op::BatchedQuant => {
+            let c = BatchedQuantCase::random(r, hard);
+            both(check_batched_quant(dut, &c), check_batched_quant_rejects(dut, &c))
+        }
+        Op::BlockQuant => {
+            let c = BlockQuantCase::random(r, hard);
+            both(check_block_quant(dut, &c), check_block_quant_rejects(dut, &c))
+        }
+        Op::SiluMulQuant => {
+            let c = SiluMulQuantCase::random(r, hard);
+            both(check_silu_mul_quant(dut, &c), check_silu_mul_quant_rejects(dut, &c))
+        }
+        Op::GroupedGemm => {
+            let c = GemmCase::random(r, hard);
+            both(check_gemm(dut, &c, tol), check_gemm_rejects(dut, &c))
+        }
+        Op::Experts => {
+            let c = ExpertsCase::random(r, hard);
+            both(check_experts(dut, &c, tol), check_experts_rejects(dut, &c))
+        }
+        Op::Prepare => {
+            let c = PrepareCase::random(r, hard);
+            both(check_prepare(dut, &c), check_prepare_rejects(dut, &c))
+        }
+        Op::Finalize => {
+            let c = FinalizeCase::random(r, hard);
+            both(check_finalize(dut, &c), check_finalize_rejects(dut, &c))
+        }
+    }
+}
+
+/// Runs `opts.cases` cases of every operation of `opts.ops` on `dut`; `progress(op, case)` is
+/// called after each case. A panic of the backend counts as a failure of that case.
+pub fn run_diff<B: BatchedExperts + ?Sized>(dut: &B, opts: &DiffOptions, mut progress: impl FnMut(Op, usize)) -> DiffSummary {
+    let mut ops = Vec::new();
+    for &op in &opts.ops {
+        let mut s = OpSummary {
+            op,
+            cases: 0,
+            exact: 0,
+            failed: 0,
+            worst: 0.0,
+            worst_calc_diff: None,
+            failures: Vec::new(),
+        };
+        for i in 0..opts.cases {
+            let mut r = Rng::for_case(opts.seed, op as u64, i as u64);
+            let hard = i % 2 == 1;
+            let res = catch_unwind(AssertUnwindSafe(|| run_case(dut, op, &mut r, hard, opts.gemm_tol))).unwrap_or_else(|p| {
+                Err(format!(
+                    "panicked: {}",
+                    p.downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or(p.downcast_ref::<&str>().copied())
+                        .unwrap_or("?")
+                ))
+            });
+            s.cases += 1;
+            match res {
+                Ok(o) => {
+                    s.exact += o.exact as usize;
+                    s.worst = s.worst.max(o.worst);
+                    if let Some(cd) = o.calc_diff {
+                        s.worst_calc_diff = Some(s.worst_calc_diff.map_or(cd, |w: f64| w.max(cd)));
+                    }
+                }
+                Err(e) => {
+                    s.failed += 1;
+                    if s.failures.len() < 5 {
+                        s.failures.push(format!("case {i} (seed {}): {e}", opts.seed));
+                    }
+                }
+            }
+            progress(op, i);
+        }
+        ops.push(s);
+    }
+    DiffSummary {
+        backend: dut.name().to_string(),
+        seed: opts.seed,
+        ops,
+    }
+}

@@ -1,0 +1,34 @@
+//! The differential suites, mounted for the fast CPU backend (`CpuBackend`) on the global rayon
+//! pool and on pools of 1 and 3 threads: every result must equal the naive reference bit for
+//! bit, the GEMM included.
+
+use std::sync::OnceLock;
+
+use moe_ref_cpu::CpuBackend as Dut;
+use moe_testing::GemmTol;
+
+/// The CPU backend is exact, the GEMM included.
+const GEMM_TOL: GemmTol = GemmTol::Exact;
+
+/// The backends under test, labelled; the CPU is always present.
+fn duts_or_skip(_test: &str) -> Option<&'static [(String, Dut)]> {
+    static DUTS: OnceLock<Vec<(String, Dut)>> = OnceLock::new();
+    Some(DUTS.get_or_init(|| {
+        vec![
+            ("cpu, global pool".to_string(), Dut::new()),
+            ("cpu, 1 thread".to_string(), Dut::with_threads(1).expect("thread pool")),
+            ("cpu, 3 threads".to_string(), Dut::with_threads(3).expect("thread pool")),
+        ]
+    }))
+}
+
+#[path = "suites/experts.rs"]
+mod experts;
+#[path = "suites/gemm.rs"]
+mod gemm;
+#[path = "suites/quant.rs"]
+mod quant;
+#[path = "suites/routing.rs"]
+mod routing;
+#[path = "suites/silu.rs"]
+mod silu;

@@ -1,0 +1,49 @@
+//! The batched experts stage: checked stage by stage (each stage on the backend's own
+//! intermediates), dead rows of every intermediate and of the output untouched, and end to end
+//! with `calc_diff < 1e-5` on random data (SPEC §5.4).
+
+use moe_testing::cases::*;
+use moe_testing::check::*;
+use moe_testing::rng::Rng;
+use moe_testing::strategies::{self, config};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+use super::{duts_or_skip, GEMM_TOL};
+
+#[test]
+fn experts_stages_match_on_arbitrary_codes_and_scales() {
+    let Some(duts) = duts_or_skip("experts_stages_match_on_arbitrary_codes_and_scales") else {
+        return;
+    };
+    let cfg = proptest::test_runner::Config {
+        cases: (config().cases / 3).max(4),
+        ..config()
+    };
+    proptest!(cfg, |(c in strategies::experts_case())| {
+        on_each(duts, |d| check_experts(d, &c, GEMM_TOL)).map_err(TestCaseError::fail)?;
+    });
+}
+
+#[test]
+fn experts_end_to_end_calc_diff_is_below_1e_5_on_random_data() {
+    let Some(duts) = duts_or_skip("experts_end_to_end_calc_diff_is_below_1e_5_on_random_data") else {
+        return;
+    };
+    for i in 0..10u64 {
+        let c = ExpertsCase::random(&mut Rng::for_case(41, 0, i), false);
+        assert!(c.random_data);
+        on_each(duts, |d| check_experts(d, &c, GEMM_TOL)).unwrap();
+    }
+}
+
+#[test]
+fn experts_reject_bad_input_like_the_reference_and_write_nothing() {
+    let Some(duts) = duts_or_skip("experts_reject_bad_input_like_the_reference_and_write_nothing") else {
+        return;
+    };
+    for i in 0..4u64 {
+        let c = ExpertsCase::random(&mut Rng::for_case(42, 0, i), false);
+        on_each(duts, |d| check_experts_rejects(d, &c)).unwrap();
+    }
+}

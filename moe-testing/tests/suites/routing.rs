@@ -1,0 +1,53 @@
+//! Prepare (dispatch + quantize) and finalize (weight + combine): bit-exact, rows past the routed
+//! counts untouched, bad ids and overflow rejected like the reference (SPEC §5.5).
+
+use moe_testing::cases::*;
+use moe_testing::check::*;
+use moe_testing::rng::Rng;
+use moe_testing::strategies::{self, config};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+use super::duts_or_skip;
+
+#[test]
+fn prepare_is_bit_exact_with_unrouted_and_repeated_ids() {
+    let Some(duts) = duts_or_skip("prepare_is_bit_exact_with_unrouted_and_repeated_ids") else {
+        return;
+    };
+    proptest!(config(), |(c in strategies::prepare_case())| {
+        on_each(duts, |d| check_prepare(d, &c)).map_err(TestCaseError::fail)?;
+        on_each(duts, |d| check_prepare_rejects(d, &c)).map_err(TestCaseError::fail)?;
+    });
+}
+
+#[test]
+fn finalize_is_bit_exact_with_special_values() {
+    let Some(duts) = duts_or_skip("finalize_is_bit_exact_with_special_values") else {
+        return;
+    };
+    proptest!(config(), |(c in strategies::finalize_case())| {
+        on_each(duts, |d| check_finalize(d, &c)).map_err(TestCaseError::fail)?;
+        on_each(duts, |d| check_finalize_rejects(d, &c)).map_err(TestCaseError::fail)?;
+    });
+}
+
+#[test]
+fn prepare_and_finalize_match_on_seeded_cases() {
+    let Some(duts) = duts_or_skip("prepare_and_finalize_match_on_seeded_cases") else {
+        return;
+    };
+    for i in 0..24u64 {
+        let mut r = Rng::for_case(51, 0, i);
+        let c = PrepareCase::random(&mut r, i % 2 == 1);
+        on_each(duts, |d| {
+            check_prepare(d, &c).and_then(|_| check_prepare_rejects(d, &c).map(|_| Outcome::EXACT))
+        })
+        .unwrap();
+        let c = FinalizeCase::random(&mut r, i % 2 == 1);
+        on_each(duts, |d| {
+            check_finalize(d, &c).and_then(|_| check_finalize_rejects(d, &c).map(|_| Outcome::EXACT))
+        })
+        .unwrap();
+    }
+}
