@@ -23,6 +23,7 @@ pub mod cases;
 pub mod check;
 pub mod compare;
 pub mod diff;
+pub mod oracle;
 pub mod rng;
 pub mod strategies;
 

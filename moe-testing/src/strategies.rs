@@ -23,7 +23,7 @@ use moe_core::{
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::Config;
+use proptest::test_runner::{Config, FileFailurePersistence};
 
 use crate::cases::*;
 
@@ -40,6 +40,9 @@ pub fn config() -> Config {
     Config {
         cases,
         max_shrink_iters: 4096,
+        // Regression files sit next to the suite file that failed
+        // (`<file>.proptest-regressions`), so the CPU and CUDA mounts share them.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
         ..Config::default()
     }
 }
