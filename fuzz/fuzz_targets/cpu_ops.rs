@@ -25,7 +25,15 @@ fn bytes(u: &mut Unstructured<'_>, n: usize) -> arbitrary::Result<Vec<u8>> {
 }
 fn counts(u: &mut Unstructured<'_>, e: usize, t: usize) -> arbitrary::Result<Vec<i32>> {
     // Mostly valid, sometimes out of range (both backends must reject alike).
-    (0..e).map(|_| Ok(if u8::arbitrary(u)? < 8 { i32::arbitrary(u)? } else { u8::arbitrary(u)? as i32 % (t as i32 + 1) })).collect()
+    (0..e)
+        .map(|_| {
+            Ok(if u8::arbitrary(u)? < 8 {
+                i32::arbitrary(u)?
+            } else {
+                u8::arbitrary(u)? as i32 % (t as i32 + 1)
+            })
+        })
+        .collect()
 }
 fn sbuf(fmt: ScaleFormat, n: usize) -> ScaleBuf {
     if fmt.is_packed() {
@@ -49,44 +57,60 @@ fn both<O: Clone + std::fmt::Debug>(out: O, f: impl Fn(&dyn Backend, &mut O) -> 
 
 fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     let op = u8::arbitrary(u)? % 7;
-    let (e, t, g) = (1 + u8::arbitrary(u)? as usize % 3, 1 + u8::arbitrary(u)? as usize % 5, 1 + u8::arbitrary(u)? as usize % 3);
+    let (e, t, g) = (
+        1 + u8::arbitrary(u)? as usize % 3,
+        1 + u8::arbitrary(u)? as usize % 5,
+        1 + u8::arbitrary(u)? as usize % 3,
+    );
     let k = g * 128;
     let fmt = ScaleFormat::ALL[u8::arbitrary(u)? as usize % 3];
     let cols = fmt.columns(g);
     match op {
         0 => {
-            let layout = if bool::arbitrary(u)? { ScaleLayout::RowMajor } else { ScaleLayout::MnMajor };
+            let layout = if bool::arbitrary(u)? {
+                ScaleLayout::RowMajor
+            } else {
+                ScaleLayout::MnMajor
+            };
             let p = TokenGroupQuant::new(t, k, fmt, layout).unwrap();
             let x = f32s(u, t * k)?;
-            both((vec![0xA5u8; t * k], sbuf(fmt, t * cols)), |be, o| be.token_group_quant(&p, Activation::F32(&x), &mut o.0, o.1.view_mut()), |a, b| {
-                a.0 == b.0 && bits(&a.1) == bits(&b.1)
-            });
+            both(
+                (vec![0xA5u8; t * k], sbuf(fmt, t * cols)),
+                |be, o| be.token_group_quant(&p, Activation::F32(&x), &mut o.0, o.1.view_mut()),
+                |a, b| a.0 == b.0 && bits(&a.1) == bits(&b.1),
+            );
         }
         1 => {
             let p = BatchedTokenGroupQuant::new(e, t, k, fmt).unwrap();
             let x = bf16s(u, e * t * k)?;
             let c = counts(u, e, t)?;
-            both((vec![0xA5u8; e * t * k], sbuf(fmt, e * t * cols)), |be, o| be.batched_token_group_quant(&p, Activation::Bf16(&x), &c, &mut o.0, o.1.view_mut()), |a, b| {
-                a.0 == b.0 && bits(&a.1) == bits(&b.1)
-            });
+            both(
+                (vec![0xA5u8; e * t * k], sbuf(fmt, e * t * cols)),
+                |be, o| be.batched_token_group_quant(&p, Activation::Bf16(&x), &c, &mut o.0, o.1.view_mut()),
+                |a, b| a.0 == b.0 && bits(&a.1) == bits(&b.1),
+            );
         }
         2 => {
             let (r, c) = (1 + u8::arbitrary(u)? as usize % 140, 1 + u8::arbitrary(u)? as usize % 140);
             let p = BlockQuant::new(1, r, c, bool::arbitrary(u)?).unwrap();
             let w = bf16s(u, r * c)?;
             let sn: usize = p.scale_shape().iter().product();
-            both((vec![0u8; r * c], vec![0f32; sn]), |be, o| be.block_quant(&p, Activation::Bf16(&w), &mut o.0, &mut o.1), |a, b| {
-                a.0 == b.0 && a.1.iter().map(|v| v.to_bits()).eq(b.1.iter().map(|v| v.to_bits()))
-            });
+            both(
+                (vec![0u8; r * c], vec![0f32; sn]),
+                |be, o| be.block_quant(&p, Activation::Bf16(&w), &mut o.0, &mut o.1),
+                |a, b| a.0 == b.0 && a.1.iter().map(|v| v.to_bits()).eq(b.1.iter().map(|v| v.to_bits())),
+            );
         }
         3 => {
             let num = if bool::arbitrary(u)? { Numerics::F32 } else { Numerics::VllmBf16 };
             let p = SiluMulQuant::new(e, t, k, fmt, num).unwrap();
             let y = bf16s(u, e * t * 2 * k)?;
             let c = counts(u, e, t)?;
-            both((vec![0xA5u8; e * t * k], sbuf(fmt, e * t * cols)), |be, o| be.silu_mul_quant(&p, &y, &c, &mut o.0, o.1.view_mut()), |a, b| {
-                a.0 == b.0 && bits(&a.1) == bits(&b.1)
-            });
+            both(
+                (vec![0xA5u8; e * t * k], sbuf(fmt, e * t * cols)),
+                |be, o| be.silu_mul_quant(&p, &y, &c, &mut o.0, o.1.view_mut()),
+                |a, b| a.0 == b.0 && bits(&a.1) == bits(&b.1),
+            );
         }
         4 => {
             let n = 128 * (1 + u8::arbitrary(u)? as usize % 2);
@@ -99,28 +123,42 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             };
             let sb = f32s(u, e * (n / 128) * g)?;
             let c = counts(u, e, t)?;
-            both(vec![bf16::from_bits(0xA5A5); e * t * n], |be, o| be.grouped_gemm(&p, &a, sa.view(), &b, &sb, &c, o), |a, b| {
-                a.iter().map(|v| v.to_bits()).eq(b.iter().map(|v| v.to_bits()))
-            });
+            both(
+                vec![bf16::from_bits(0xA5A5); e * t * n],
+                |be, o| be.grouped_gemm(&p, &a, sa.view(), &b, &sb, &c, o),
+                |a, b| a.iter().map(|v| v.to_bits()).eq(b.iter().map(|v| v.to_bits())),
+            );
         }
         5 => {
             let (m, topk) = (u8::arbitrary(u)? as usize % 6, 1 + u8::arbitrary(u)? as usize % 3);
-            let ids: Vec<i32> = (0..m * topk).map(|_| Ok(i8::arbitrary(u)? as i32 % (e as i32 + 2))).collect::<Result<_, _>>()?;
+            let ids: Vec<i32> = (0..m * topk)
+                .map(|_| Ok(i8::arbitrary(u)? as i32 % (e as i32 + 2)))
+                .collect::<Result<_, _>>()?;
             let p = Prepare::new(m, k, topk, e, t, fmt).unwrap();
             let x = bf16s(u, m * k)?;
-            both((vec![0xA5u8; e * t * k], sbuf(fmt, e * t * cols), vec![-7i32; e]), |be, o| be.prepare(&p, &x, &ids, &mut o.0, o.1.view_mut(), &mut o.2), |a, b| {
-                a.0 == b.0 && bits(&a.1) == bits(&b.1) && a.2 == b.2
-            });
+            both(
+                (vec![0xA5u8; e * t * k], sbuf(fmt, e * t * cols), vec![-7i32; e]),
+                |be, o| be.prepare(&p, &x, &ids, &mut o.0, o.1.view_mut(), &mut o.2),
+                |a, b| a.0 == b.0 && bits(&a.1) == bits(&b.1) && a.2 == b.2,
+            );
         }
         _ => {
-            let (m, topk, kk) = (u8::arbitrary(u)? as usize % 6, 1 + u8::arbitrary(u)? as usize % 3, 1 + u8::arbitrary(u)? as usize % 200);
-            let ids: Vec<i32> = (0..m * topk).map(|_| Ok(i8::arbitrary(u)? as i32 % (e as i32 + 2))).collect::<Result<_, _>>()?;
+            let (m, topk, kk) = (
+                u8::arbitrary(u)? as usize % 6,
+                1 + u8::arbitrary(u)? as usize % 3,
+                1 + u8::arbitrary(u)? as usize % 200,
+            );
+            let ids: Vec<i32> = (0..m * topk)
+                .map(|_| Ok(i8::arbitrary(u)? as i32 % (e as i32 + 2)))
+                .collect::<Result<_, _>>()?;
             let p = Finalize::new(m, kk, topk, e, t).unwrap();
             let eo = bf16s(u, e * t * kk)?;
             let w = f32s(u, m * topk)?;
-            both(vec![bf16::from_bits(0xA5A5); m * kk], |be, o| be.finalize(&p, &eo, &ids, &w, o), |a, b| {
-                a.iter().map(|v| v.to_bits()).eq(b.iter().map(|v| v.to_bits()))
-            });
+            both(
+                vec![bf16::from_bits(0xA5A5); m * kk],
+                |be, o| be.finalize(&p, &eo, &ids, &w, o),
+                |a, b| a.iter().map(|v| v.to_bits()).eq(b.iter().map(|v| v.to_bits())),
+            );
         }
     }
     Ok(())

@@ -22,7 +22,11 @@ fn fmt(u: &mut Unstructured<'_>) -> arbitrary::Result<ScaleFormat> {
 
 /// A buffer length near `want` (bounded so the fuzzer never allocates much).
 fn len(u: &mut Unstructured<'_>, want: usize) -> arbitrary::Result<usize> {
-    let l = if bool::arbitrary(u)? { want } else { want.wrapping_add(u8::arbitrary(u)? as usize).wrapping_sub(128) };
+    let l = if bool::arbitrary(u)? {
+        want
+    } else {
+        want.wrapping_add(u8::arbitrary(u)? as usize).wrapping_sub(128)
+    };
     Ok(l.min(1 << 14))
 }
 

@@ -22,10 +22,16 @@ pub enum Rejected {
 fn tensor<'a>(st: &'a SafeTensors<'a>, name: &str, dtype: Dtype, rank: usize) -> Result<(Vec<usize>, &'a [u8]), Rejected> {
     let t = st.tensor(name).map_err(|e| Rejected::Format(format!("tensor `{name}`: {e}")))?;
     if t.dtype() != dtype {
-        return Err(Rejected::Format(format!("tensor `{name}`: dtype {:?}, expected {dtype:?}", t.dtype())));
+        return Err(Rejected::Format(format!(
+            "tensor `{name}`: dtype {:?}, expected {dtype:?}",
+            t.dtype()
+        )));
     }
     if t.shape().len() != rank {
-        return Err(Rejected::Format(format!("tensor `{name}`: rank {}, expected {rank}", t.shape().len())));
+        return Err(Rejected::Format(format!(
+            "tensor `{name}`: rank {}, expected {rank}",
+            t.shape().len()
+        )));
     }
     Ok((t.shape().to_vec(), t.data()))
 }
@@ -53,7 +59,8 @@ pub fn parse_op_inputs(op: u8, bytes: &[u8]) -> Result<(), Rejected> {
             }
             let mut q = vec![0u8; sh[0] * sh[1]];
             let mut s = vec![0f32; p.scale_shape().iter().product()];
-            be.token_group_quant(&p, moe_core::Activation::F32(&x), &mut q, moe_core::ScalesMut::F32(&mut s)).map_err(Rejected::Backend)
+            be.token_group_quant(&p, moe_core::Activation::F32(&x), &mut q, moe_core::ScalesMut::F32(&mut s))
+                .map_err(Rejected::Backend)
         }
         1 => {
             let (sh, y) = tensor(&st, "y", Dtype::BF16, 3)?;
@@ -61,8 +68,12 @@ pub fn parse_op_inputs(op: u8, bytes: &[u8]) -> Result<(), Rejected> {
             if sh[2] % 2 != 0 {
                 return Err(Rejected::Format("tensor `y`: odd last dimension".into()));
             }
-            let p = SiluMulQuant::new(sh[0], sh[1], sh[2] / 2, ScaleFormat::Ue8m0Packed, moe_core::Numerics::VllmBf16).map_err(Rejected::Problem)?;
-            let y: Vec<bf16> = y.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect();
+            let p = SiluMulQuant::new(sh[0], sh[1], sh[2] / 2, ScaleFormat::Ue8m0Packed, moe_core::Numerics::VllmBf16)
+                .map_err(Rejected::Problem)?;
+            let y: Vec<bf16> = y
+                .chunks_exact(2)
+                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
+                .collect();
             let counts: Vec<i32> = words(counts).into_iter().map(|w| w as i32).collect();
             let _ = csh;
             if sh.iter().product::<usize>() > RUN_LIMIT {
@@ -70,7 +81,8 @@ pub fn parse_op_inputs(op: u8, bytes: &[u8]) -> Result<(), Rejected> {
             }
             let mut q = vec![0u8; y.len() / 2];
             let mut s = vec![0i32; p.scale_shape().iter().product()];
-            be.silu_mul_quant(&p, &y, &counts, &mut q, moe_core::ScalesMut::Packed(&mut s)).map_err(Rejected::Backend)
+            be.silu_mul_quant(&p, &y, &counts, &mut q, moe_core::ScalesMut::Packed(&mut s))
+                .map_err(Rejected::Backend)
         }
         _ => {
             let (ash, a) = tensor(&st, "a", Dtype::F8_E4M3, 3)?;
@@ -88,7 +100,8 @@ pub fn parse_op_inputs(op: u8, bytes: &[u8]) -> Result<(), Rejected> {
                 return Ok(());
             }
             let mut d = vec![bf16::ZERO; out];
-            be.grouped_gemm(&p, a, Scales::F32(&sa), b, &sb, &counts, &mut d).map_err(Rejected::Backend)
+            be.grouped_gemm(&p, a, Scales::F32(&sa), b, &sb, &counts, &mut d)
+                .map_err(Rejected::Backend)
         }
     }
 }

@@ -103,6 +103,7 @@ pub fn untouched_scale_rows(what: &str, s: &ScaleBuf, cols: usize, t_cap: usize,
 
 /// Compares GEMM outputs `(E, T, N)` on the live rows with `tol`; `bound` is the reference's
 /// absolute-sum bound per element.
+#[allow(clippy::too_many_arguments)]
 pub fn compare_gemm(
     what: &str,
     dut: &[bf16],
@@ -146,7 +147,8 @@ pub fn compare_gemm(
                 }
                 let allowed = ulp_bf16(r) + c * bound[i];
                 let err = (df - rf).abs();
-                if !(err <= allowed) {
+                // Written so that a NaN error (impossible after the checks above) would fail too.
+                if err.partial_cmp(&allowed) != Some(std::cmp::Ordering::Less) && err != allowed {
                     return Err(format!(
                         "{}: |error| {err:e} > allowed {allowed:e} (bound {:e}, c {c:e})",
                         here(),
@@ -570,7 +572,7 @@ pub fn check_experts<B: Backend + BatchedExperts + ?Sized>(dut: &B, c: &ExpertsC
     }
     let finite = xs.iter().chain(&ys).all(|v| v.is_finite());
     let cd = if finite { calc_diff(&xs, &ys) } else { f64::NAN };
-    if c.random_data && finite && !(cd < 1e-5) {
+    if c.random_data && finite && cd.partial_cmp(&1e-5) != Some(std::cmp::Ordering::Less) {
         return Err(format!("experts end to end: calc_diff {cd:e} >= 1e-5"));
     }
     if c.random_data && !finite {

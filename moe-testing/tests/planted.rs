@@ -15,14 +15,14 @@ use moe_testing::strategies::{config, token_group_quant_case};
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Bug {
+pub(crate) enum Bug {
     TiesAway,
     CeilViaLog2,
 }
 
 /// The fast CPU backend with one planted bug in its token-group quantization.
 #[derive(Debug)]
-struct Planted(CpuBackend, Bug);
+pub(crate) struct Planted(pub(crate) CpuBackend, pub(crate) Bug);
 
 impl Planted {
     fn scale(&self, amax: f32, ceil: bool) -> f32 {
@@ -150,4 +150,28 @@ fn ceil_via_log2_is_caught_by_the_token_group_quant_property() {
     let (case, msg) = hunt(Bug::CeilViaLog2);
     eprintln!("minimized: {}\n{msg}", describe(&case));
     assert!(case.p.scale_format().is_ceil());
+}
+
+#[test]
+fn run_diff_counts_the_planted_bug_and_passes_the_real_backend() {
+    use moe_testing::diff::{run_diff, DiffOptions, Op};
+    let opts = DiffOptions {
+        cases: 40,
+        seed: 3,
+        ops: vec![Op::TokenGroupQuant],
+        ..DiffOptions::default()
+    };
+    let bad = run_diff(&Planted(CpuBackend::with_threads(1).unwrap(), Bug::TiesAway), &opts, |_, _| {});
+    assert!(!bad.passed() && bad.ops[0].failed > 0, "{bad:?}");
+    assert!(bad.ops[0].failures[0].contains("q:"), "{:?}", bad.ops[0].failures);
+    let good = run_diff(
+        &CpuBackend::with_threads(2).unwrap(),
+        &DiffOptions {
+            cases: 8,
+            ..DiffOptions::default()
+        },
+        |_, _| {},
+    );
+    assert!(good.passed(), "{good:?}");
+    assert_eq!(good.ops.len(), Op::ALL.len());
 }

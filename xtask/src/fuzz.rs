@@ -14,7 +14,11 @@ use crate::util::{describe, root, run as sh};
 pub const TARGETS: &[&str] = &["safetensors_op", "problem_validation", "cpu_ops"];
 
 fn ensure_cargo_fuzz() -> Result<(), String> {
-    let present = Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let present = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !present {
         sh(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
@@ -44,7 +48,11 @@ fn fuzz_one(target: &str, seconds: u64) -> Result<u64, String> {
     let runs = log
         .lines()
         .rev()
-        .find_map(|l| l.strip_prefix("Done ").and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("Done ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
         .ok_or_else(|| format!("fuzz target `{target}`: no final \"Done N runs\" line"))?;
     Ok(runs)
 }
