@@ -181,7 +181,11 @@ mod tests {
         assert_eq!(exp_f32(89.0), f32::INFINITY);
         assert_eq!(exp_f32(88.72283).is_finite(), true);
         assert_eq!(exp_f32(-104.0).to_bits(), 0);
-        assert_eq!(exp_f32(-103.0).to_bits(), 1, "exp(-103) = 1.45 * 2^-149 rounds to the smallest subnormal");
+        assert_eq!(
+            exp_f32(-103.0).to_bits(),
+            1,
+            "exp(-103) = 1.45 * 2^-149 rounds to the smallest subnormal"
+        );
         assert_eq!(exp_f32(f32::NAN).to_bits(), CANONICAL_NAN.to_bits());
         assert_eq!(exp_f32(f32::from_bits(0xFFC0_1234)).to_bits(), CANONICAL_NAN.to_bits());
     }
