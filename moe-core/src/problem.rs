@@ -49,7 +49,7 @@ impl Activation<'_> {
 fn product(tensor: &'static str, dims: &[usize]) -> Result<usize> {
     let mut n: u128 = 1;
     for &d in dims {
-        n *= d as u128;
+        n = n.saturating_mul(d as u128);
     }
     // Keep every element count addressable by an i32-free 64-bit index and by `isize`.
     if n > (isize::MAX as u128) / 8 {
@@ -87,7 +87,7 @@ fn at_least(tensor: &'static str, dim: &'static str, v: usize, min: usize) -> Re
 
 /// Checks that a buffer holds exactly the elements of `shape`.
 pub fn check_len(tensor: &'static str, got: usize, shape: &[usize]) -> Result<()> {
-    let expected: usize = shape.iter().product();
+    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(usize::MAX);
     if got != expected {
         return Err(ProblemError::Len {
             tensor,
@@ -273,7 +273,7 @@ impl SiluMulQuant {
         at_least("y", "E", e, 1)?;
         at_least("y", "T", t, 1)?;
         multiple_of_128("q", "H", h)?;
-        product("y", &[e, t, 2 * h])?;
+        product("y", &[e, t, 2, h])?;
         Ok(Self { e, t, h, fmt, numerics })
     }
     pub fn experts(&self) -> usize {
@@ -426,9 +426,9 @@ impl Experts {
         at_least("a1q", "T", t, 1)?;
         multiple_of_128("a1q", "K", k)?;
         multiple_of_128("w1", "I", i)?;
-        product("w1", &[e, 2 * i, k])?;
+        product("w1", &[e, 2, i, k])?;
         product("w2", &[e, k, i])?;
-        product("ws13", &[e, t, k.max(2 * i)])?;
+        product("ws13", &[e, t, 2, k.max(i)])?;
         Ok(Self {
             e,
             t,
