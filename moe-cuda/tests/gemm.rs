@@ -46,6 +46,31 @@ fn weight_scales(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.value(-10, -6).abs() + 1e-7).collect()
 }
 
+/// E4M3 operands of one of three kinds: every non-NaN code ("full": products over 2^-18..2^17,
+/// a few large terms dominate), magnitudes in [1, 2) with random signs ("narrow": all 128
+/// products of a block alike, the case where a reduced-precision tensor-core accumulation would
+/// show most), and [1, 2) all positive ("positive": no cancellation, partials near 128·max).
+/// "cancel" (adversarial for the accumulator): full-range values in which the K positions pair
+/// up, `a[2j+1] = a[2j]` in every row of A and `b[2j+1] = -b[2j]` in every row of B except one
+/// pair in 16, so almost every product cancels exactly against its neighbour: the exact partial
+/// is small while the absolute sum is large, and any precision the tensor cores drop while
+/// accumulating shows in the result instead of hiding under its bf16 rounding.
+fn operands(rng: &mut Rng, kind: &str, n: usize, is_b: bool) -> Vec<u8> {
+    match kind {
+        "full" => e4m3_bytes(rng, n),
+        "cancel" => {
+            let mut v = e4m3_bytes(rng, n);
+            for j in (0..n - 1).step_by(2) {
+                v[j + 1] = if is_b && (j / 2) % 16 != 5 { v[j] ^ 0x80 } else { v[j] };
+            }
+            v
+        }
+        "narrow" => (0..n).map(|_| 0x38 | (rng.u64() as u8 & 0x87)).collect(),
+        "positive" => (0..n).map(|_| 0x38 | (rng.u64() as u8 & 0x07)).collect(),
+        _ => unreachable!(),
+    }
+}
+
 #[test]
 fn grouped_gemm_is_within_the_bound_and_measures_c() {
     let Some(gpu) = gpu("grouped_gemm") else { return };
@@ -61,52 +86,59 @@ fn grouped_gemm_is_within_the_bound_and_measures_c() {
             (2, 8, 1024, 7168),
         ]
     };
-    let (mut c_chain, mut c_k32, mut elems, mut cases) = (0f64, 0f64, 0usize, 0);
-    for &(e, t, n, k) in shapes {
-        for fmt in ScaleFormat::ALL {
-            let p = GroupedGemm::new(e, t, n, k, fmt).unwrap();
-            let cnt = counts(&mut rng, e, t);
-            let a = e4m3_bytes(&mut rng, e * t * k);
-            let b = e4m3_bytes(&mut rng, e * n * k);
-            let sa = act_scales(&mut rng, fmt, e, t, k / GROUP);
-            let sb = weight_scales(&mut rng, e * (n / GROUP) * (k / GROUP));
-            let poison = bf16::from_bits(0x7F81); // a signalling-NaN pattern no kernel writes
-            let mut d_ref = vec![poison; e * t * n];
-            let mut bound = vec![0f64; e * t * n];
-            NaiveCpu
-                .grouped_gemm_with_bound(&p, &a, sa.view(), &b, &sb, &cnt, &mut d_ref, &mut bound)
-                .unwrap();
-            for chain in [true, false] {
-                let mut d = vec![poison; e * t * n];
-                gpu.grouped_gemm_variant(&p, &a, sa.view(), &b, &sb, &cnt, &mut d, chain).unwrap();
-                // Rows past counts untouched.
-                for ex in 0..e {
-                    for row in cnt[ex] as usize..t {
-                        let r = &d[(ex * t + row) * n..][..n];
-                        assert!(
-                            r.iter().all(|v| v.to_bits() == poison.to_bits()),
-                            "row {row} of expert {ex} was written"
-                        );
+    let (mut elems, mut cases) = (0usize, 0);
+    for kind in ["full", "narrow", "positive", "cancel"] {
+        let (mut c_chain, mut c_k32) = (0f64, 0f64);
+        for &(e, t, n, k) in shapes {
+            for fmt in ScaleFormat::ALL {
+                let p = GroupedGemm::new(e, t, n, k, fmt).unwrap();
+                let cnt = counts(&mut rng, e, t);
+                let a = operands(&mut rng, kind, e * t * k, false);
+                let b = operands(&mut rng, kind, e * n * k, true);
+                let sa = act_scales(&mut rng, fmt, e, t, k / GROUP);
+                let sb = weight_scales(&mut rng, e * (n / GROUP) * (k / GROUP));
+                let poison = bf16::from_bits(0x7F81); // a signalling-NaN pattern no kernel writes
+                let mut d_ref = vec![poison; e * t * n];
+                let mut bound = vec![0f64; e * t * n];
+                NaiveCpu
+                    .grouped_gemm_with_bound(&p, &a, sa.view(), &b, &sb, &cnt, &mut d_ref, &mut bound)
+                    .unwrap();
+                for chain in [true, false] {
+                    let mut d = vec![poison; e * t * n];
+                    gpu.grouped_gemm_variant(&p, &a, sa.view(), &b, &sb, &cnt, &mut d, chain).unwrap();
+                    // Rows past counts untouched.
+                    for ex in 0..e {
+                        for row in cnt[ex] as usize..t {
+                            let r = &d[(ex * t + row) * n..][..n];
+                            assert!(
+                                r.iter().all(|v| v.to_bits() == poison.to_bits()),
+                                "row {row} of expert {ex} was written"
+                            );
+                        }
                     }
-                }
-                let what = format!("gemm e={e} t={t} n={n} k={k} {fmt} chain={chain}");
-                let worst = check_gemm_bound(&what, &d, &d_ref, &bound, if chain { C_MAX } else { f64::INFINITY });
-                if chain {
-                    c_chain = c_chain.max(worst);
-                    elems += cnt.iter().map(|&c| c as usize * n).sum::<usize>();
-                    cases += 1;
-                } else {
-                    c_k32 = c_k32.max(worst);
+                    let what = format!("gemm {kind} e={e} t={t} n={n} k={k} {fmt} chain={chain}");
+                    let worst = check_gemm_bound(&what, &d, &d_ref, &bound, f64::INFINITY);
+                    if chain {
+                        c_chain = c_chain.max(worst);
+                        elems += cnt.iter().map(|&c| c as usize * n).sum::<usize>();
+                        cases += 1;
+                    } else {
+                        c_k32 = c_k32.max(worst);
+                    }
                 }
             }
         }
+        println!(
+            "GEMM c [{kind} operands] (mma chained over each 128-K block, the SPEC arithmetic) = {c_chain:e} = 2^{:.2}",
+            c_chain.log2()
+        );
+        println!(
+            "GEMM c [{kind} operands] (diagnostic: each k32 mma from zero, summed in f32) = {c_k32:e} = 2^{:.2}",
+            c_k32.log2()
+        );
+        assert!(c_chain <= C_MAX, "[{kind}] c = {c_chain:e} exceeds 2^-12");
     }
-    println!("GEMM c (mma chained over each 128-K block, the SPEC arithmetic) = {c_chain:e} = 2^{:.2} over {elems} live elements in {cases} cases", c_chain.log2());
-    println!(
-        "GEMM c (diagnostic: each k32 mma from zero, summed in f32) = {c_k32:e} = 2^{:.2}",
-        c_k32.log2()
-    );
-    assert!(c_chain <= C_MAX);
+    println!("GEMM cases within the bound: {cases} ({elems} live elements)");
 }
 
 type ExpertsData = (Vec<u8>, ScaleBuf, Vec<u8>, Vec<f32>, Vec<u8>, Vec<f32>);
@@ -139,6 +171,7 @@ fn experts_apply_is_checked_stage_by_stage() {
     };
     let mut cases = 0;
     let mut worst_diff = 0f64;
+    let mut worst_c = 0f64;
     for &(e, t, k, i) in shapes {
         for fmt in ScaleFormat::ALL {
             for numerics in Numerics::ALL {
@@ -165,7 +198,7 @@ fn experts_apply_is_checked_stage_by_stage() {
                 NaiveCpu
                     .grouped_gemm_with_bound(&p.gemm1(), &a1q, a1s.view(), &w1, &w1s, &cnt, &mut h1_ref, &mut b1)
                     .unwrap();
-                check_gemm_bound(&format!("{what} h1"), &ws.h1, &h1_ref, &b1, C_MAX);
+                worst_c = worst_c.max(check_gemm_bound(&format!("{what} h1"), &ws.h1, &h1_ref, &b1, C_MAX));
                 // Stage 2: SiLU-mul-quant of the GPU's own h1, bit-exact.
                 let mut q2_ref = ws_before.q2.clone();
                 let mut s2_ref = ws_before.s2.clone();
@@ -179,7 +212,7 @@ fn experts_apply_is_checked_stage_by_stage() {
                 NaiveCpu
                     .grouped_gemm_with_bound(&p.gemm2(), &ws.q2, ws.s2.view(), &w2, &w2s, &cnt, &mut out_ref, &mut b2)
                     .unwrap();
-                check_gemm_bound(&format!("{what} out"), &out, &out_ref, &b2, C_MAX);
+                worst_c = worst_c.max(check_gemm_bound(&format!("{what} out"), &out, &out_ref, &b2, C_MAX));
                 // End to end against the CPU's own pipeline.
                 let mut ws_cpu = ws_before.clone();
                 let mut out_cpu = vec![poison; e * t * k];
@@ -207,6 +240,10 @@ fn experts_apply_is_checked_stage_by_stage() {
         }
     }
     println!("CASES experts stage-by-stage: {cases}, worst end-to-end calc_diff {worst_diff:e}");
+    println!(
+        "GEMM c [experts stages, quantized activations] = {worst_c:e} = 2^{:.2}",
+        worst_c.log2()
+    );
 }
 
 fn eager(ex: &mut CudaExperts, counts: &[i32], out0: &[bf16]) -> Vec<bf16> {
@@ -255,6 +292,7 @@ fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
         (0..e as i32).map(|x| (x * 7) % (ti + 1)).collect(),
     ];
     let mut replays = 0;
+    let mut worst_cd = 0f64;
     for c in &sets {
         let g = replay(&mut ex, c, &out0);
         let r = eager(&mut ex, c, &out0);
@@ -264,15 +302,16 @@ fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
         let mut ws = ExpertsWorkspace::new(&p);
         let mut out_cpu = out0.clone();
         NaiveCpu.apply(&p, inputs_c, &mut ws, &mut out_cpu).unwrap();
-        let cd = calc_diff(
-            &g,
-            &out_cpu
-                .iter()
-                .zip(&g)
-                .map(|(&c, &gg)| if c.to_bits() == 0x7F81 { gg } else { c })
-                .collect::<Vec<_>>(),
-        );
-        assert!(cd < 1e-5 || cd.is_nan(), "graph vs CPU calc_diff {cd:e}");
+        // Over the live rows only (dead rows hold the NaN poison on both sides).
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for ex_i in 0..e {
+            let live = c[ex_i].clamp(0, ti) as usize * k;
+            xs.extend_from_slice(&g[ex_i * t * k..][..live]);
+            ys.extend_from_slice(&out_cpu[ex_i * t * k..][..live]);
+        }
+        let cd = calc_diff(&xs, &ys);
+        assert!(cd < 1e-5, "graph vs CPU calc_diff {cd:e} over {} live elements", xs.len());
+        worst_cd = worst_cd.max(cd);
         for ex_i in 0..e {
             for row in c[ex_i] as usize..t {
                 assert!(
@@ -313,7 +352,7 @@ fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
     let ec = NaiveCpu.apply(&p, inputs_bad, &mut ws.clone(), &mut out.clone()).unwrap_err();
     assert_eq!(eg, ec);
     assert_same("host apply wrote nothing", &bits_u16(&out), &bits_u16(&out0));
-    println!("GRAPH replays equal to eager: {replays} count sets + 1 out-of-range set (clamped), checked mode error equals the CPU's");
+    println!("GRAPH replays equal to eager: {replays} count sets + 1 out-of-range set (clamped), checked mode error equals the CPU's; worst calc_diff vs CPU {worst_cd:e}");
 }
 
 #[test]
@@ -347,4 +386,46 @@ fn gemm_bad_inputs_are_rejected_with_the_cpu_error() {
         .unwrap_err();
     assert_eq!(eg, ec);
     println!("CASES gemm bad-input rejections equal to the CPU's: 5");
+}
+
+#[test]
+fn experts_graph_replay_timing_on_a_deepseek_shape() {
+    let Some(gpu) = gpu("experts_timing") else { return };
+    // Not a performance claim (fast kernels are a later issue): a first figure for the record.
+    let (e, t, k, i) = if small() { (2, 16, 256, 128) } else { (8, 64, 7168, 2048) };
+    let mut rng = Rng::new(13);
+    let p = Experts::new(e, t, k, i, ScaleFormat::F32CeilUe8m0, Numerics::VllmBf16).unwrap();
+    let a1q = e4m3_bytes(&mut rng, e * t * k);
+    let a1s = act_scales(&mut rng, ScaleFormat::F32CeilUe8m0, e, t, k / GROUP);
+    let w1 = e4m3_bytes(&mut rng, e * 2 * i * k);
+    let w1s = weight_scales(&mut rng, e * (2 * i / GROUP) * (k / GROUP));
+    let w2 = e4m3_bytes(&mut rng, e * k * i);
+    let w2s = weight_scales(&mut rng, e * (k / GROUP) * (i / GROUP));
+    let cnt = vec![t as i32; e];
+    let inputs = ExpertsInputs {
+        a1q: &a1q,
+        a1s: a1s.view(),
+        w1: WeightsRef { q: &w1, s: &w1s },
+        w2: WeightsRef { q: &w2, s: &w2s },
+        counts: &cnt,
+    };
+    let mut ex = CudaExperts::new(gpu, p).unwrap();
+    ex.upload_inputs(&inputs).unwrap();
+    ex.capture_graph().unwrap();
+    let mut times = Vec::new();
+    for _ in 0..12 {
+        let t0 = std::time::Instant::now();
+        ex.replay_graph().unwrap();
+        ex.synchronize().unwrap();
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let ms = times[times.len() / 2];
+    let flops = 2.0 * (e * t) as f64 * (2 * i * k + k * i) as f64;
+    let bytes = (e * (2 * i * k + k * i)) as f64;
+    println!(
+        "GEMM timing (first, unoptimized kernels; host-timed graph replay, median of 12): E={e} T={t} K={k} I={i} all rows live: {ms:.3} ms, {:.1} TFLOP/s, weights read at {:.0} GB/s",
+        flops / ms / 1e9,
+        bytes / ms / 1e6
+    );
 }
