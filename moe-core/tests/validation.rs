@@ -13,28 +13,55 @@ fn dim_of(e: &ProblemError) -> &'static str {
 #[test]
 fn reduction_dims_must_be_multiples_of_128() {
     let cases: Vec<(ProblemError, &str, &str)> = vec![
-        (TokenGroupQuant::new(1, 100, ScaleFormat::F32, ScaleLayout::RowMajor).unwrap_err(), "x", "K"),
+        (
+            TokenGroupQuant::new(1, 100, ScaleFormat::F32, ScaleLayout::RowMajor).unwrap_err(),
+            "x",
+            "K",
+        ),
         (BatchedTokenGroupQuant::new(1, 1, 129, ScaleFormat::F32).unwrap_err(), "x", "K"),
         (SiluMulQuant::new(1, 1, 64, ScaleFormat::F32, Numerics::F32).unwrap_err(), "q", "H"),
         (GroupedGemm::new(1, 1, 128, 200, ScaleFormat::F32).unwrap_err(), "a", "K"),
         (GroupedGemm::new(1, 1, 100, 128, ScaleFormat::F32).unwrap_err(), "b", "N"),
-        (Experts::new(1, 1, 7000, 2048, ScaleFormat::F32, Numerics::F32).unwrap_err(), "a1q", "K"),
-        (Experts::new(1, 1, 7168, 2000, ScaleFormat::F32, Numerics::F32).unwrap_err(), "w1", "I"),
+        (
+            Experts::new(1, 1, 7000, 2048, ScaleFormat::F32, Numerics::F32).unwrap_err(),
+            "a1q",
+            "K",
+        ),
+        (
+            Experts::new(1, 1, 7168, 2000, ScaleFormat::F32, Numerics::F32).unwrap_err(),
+            "w1",
+            "I",
+        ),
         (Prepare::new(4, 300, 2, 2, 4, ScaleFormat::F32).unwrap_err(), "x", "K"),
     ];
     for (e, tensor, dim) in cases {
         assert_eq!(e.tensor(), tensor, "{e}");
         assert_eq!(dim_of(&e), dim, "{e}");
-        assert!(e.to_string().contains(tensor) && e.to_string().contains(dim), "message names both: {e}");
+        assert!(
+            e.to_string().contains(tensor) && e.to_string().contains(dim),
+            "message names both: {e}"
+        );
     }
 }
 
 #[test]
 fn zero_sized_dims_are_rejected_where_meaningless() {
-    assert!(matches!(GroupedGemm::new(0, 1, 128, 128, ScaleFormat::F32), Err(ProblemError::TooSmall { dim: "E", .. })));
-    assert!(matches!(GroupedGemm::new(1, 0, 128, 128, ScaleFormat::F32), Err(ProblemError::TooSmall { dim: "T", .. })));
-    assert!(matches!(BlockQuant::new(1, 0, 5, false), Err(ProblemError::TooSmall { dim: "R", .. })));
-    assert!(matches!(Prepare::new(1, 128, 0, 2, 2, ScaleFormat::F32), Err(ProblemError::TooSmall { dim: "topk", .. })));
+    assert!(matches!(
+        GroupedGemm::new(0, 1, 128, 128, ScaleFormat::F32),
+        Err(ProblemError::TooSmall { dim: "E", .. })
+    ));
+    assert!(matches!(
+        GroupedGemm::new(1, 0, 128, 128, ScaleFormat::F32),
+        Err(ProblemError::TooSmall { dim: "T", .. })
+    ));
+    assert!(matches!(
+        BlockQuant::new(1, 0, 5, false),
+        Err(ProblemError::TooSmall { dim: "R", .. })
+    ));
+    assert!(matches!(
+        Prepare::new(1, 128, 0, 2, 2, ScaleFormat::F32),
+        Err(ProblemError::TooSmall { dim: "topk", .. })
+    ));
     // Zero tokens is a valid (empty) batch.
     assert!(Prepare::new(0, 128, 2, 2, 2, ScaleFormat::F32).is_ok());
     assert!(TokenGroupQuant::new(0, 128, ScaleFormat::F32, ScaleLayout::RowMajor).is_ok());
@@ -77,7 +104,14 @@ fn experts_check_names_each_weight_tensor() {
     let w2s = vec![1f32; 2 * 2];
     let out = vec![bf16::ZERO; 2 * 4 * 256];
     let ok = |w1: &[u8], w1s: &[f32], w2: &[u8], w2s: &[f32]| {
-        p.check(&a1q, &Scales::F32(&a1s), &WeightsRef { q: w1, s: w1s }, &WeightsRef { q: w2, s: w2s }, &[4, 1], &out)
+        p.check(
+            &a1q,
+            &Scales::F32(&a1s),
+            &WeightsRef { q: w1, s: w1s },
+            &WeightsRef { q: w2, s: w2s },
+            &[4, 1],
+            &out,
+        )
     };
     assert!(ok(&w1, &w1s, &w2, &w2s).is_ok());
     assert_eq!(ok(&w1[1..], &w1s, &w2, &w2s).unwrap_err().tensor(), "w1");
@@ -95,9 +129,32 @@ fn prepare_and_finalize_validate_routing() {
     let c = vec![0i32; 3];
     let chk = |ids: &[i32]| p.check(&x, ids, &q, &ScalesMut::F32(&mut s.clone()), &c);
     assert!(chk(&[0, 1, 2, -1]).is_ok());
-    assert_eq!(chk(&[0, 3, 1, 2]).unwrap_err(), ProblemError::TopkId { token: 0, slot: 1, id: 3, experts: 3 });
-    assert_eq!(chk(&[0, 1, -5, 2]).unwrap_err(), ProblemError::TopkId { token: 1, slot: 0, id: -5, experts: 3 });
-    assert_eq!(chk(&[0, 1, 0, 2]).unwrap_err(), ProblemError::Overflow { expert: 0, count: 2, capacity: 1 });
+    assert_eq!(
+        chk(&[0, 3, 1, 2]).unwrap_err(),
+        ProblemError::TopkId {
+            token: 0,
+            slot: 1,
+            id: 3,
+            experts: 3
+        }
+    );
+    assert_eq!(
+        chk(&[0, 1, -5, 2]).unwrap_err(),
+        ProblemError::TopkId {
+            token: 1,
+            slot: 0,
+            id: -5,
+            experts: 3
+        }
+    );
+    assert_eq!(
+        chk(&[0, 1, 0, 2]).unwrap_err(),
+        ProblemError::Overflow {
+            expert: 0,
+            count: 2,
+            capacity: 1
+        }
+    );
     // A token listing the same expert twice counts once.
     assert!(chk(&[0, 0, 1, 1]).is_ok());
     assert_eq!(chk(&[0, 1, 2]).unwrap_err().tensor(), "topk_ids");
@@ -109,13 +166,26 @@ fn prepare_and_finalize_validate_routing() {
     assert!(f.check(&eo, &[0, 1, 2, -1], &w, &out).is_ok());
     assert_eq!(f.check(&eo, &[0, 1, 2, -1], &w[1..], &out).unwrap_err().tensor(), "topk_weights");
     assert_eq!(f.check(&eo[1..], &[0, 1, 2, -1], &w, &out).unwrap_err().tensor(), "expert_out");
-    assert_eq!(f.check(&eo, &[0, 1, 0, -1], &w, &out).unwrap_err(), ProblemError::Overflow { expert: 0, count: 2, capacity: 1 });
+    assert_eq!(
+        f.check(&eo, &[0, 1, 0, -1], &w, &out).unwrap_err(),
+        ProblemError::Overflow {
+            expert: 0,
+            count: 2,
+            capacity: 1
+        }
+    );
 }
 
 #[test]
 fn sizes_that_overflow_are_errors_not_panics() {
     let big = usize::MAX / 4;
     assert!(matches!(BlockQuant::new(big, big, big, false), Err(ProblemError::TooLarge { .. })));
-    assert!(matches!(Experts::new(big, 1, 128, 128, ScaleFormat::F32, Numerics::F32), Err(ProblemError::TooLarge { .. })));
-    assert!(matches!(Prepare::new(big, 128, big, 2, 2, ScaleFormat::F32), Err(ProblemError::TooLarge { .. })));
+    assert!(matches!(
+        Experts::new(big, 1, 128, 128, ScaleFormat::F32, Numerics::F32),
+        Err(ProblemError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        Prepare::new(big, 128, big, 2, 2, ScaleFormat::F32),
+        Err(ProblemError::TooLarge { .. })
+    ));
 }

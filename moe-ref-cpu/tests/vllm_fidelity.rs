@@ -30,7 +30,10 @@ fn vllm_group(gate: &[bf16], up: &[bf16], ceil: bool, exp: impl Fn(f32) -> f32) 
         s = vllm_ceil_pow2_bf16(s);
     }
     let inv = round_bf16(1.0 / s.to_f32());
-    (v.iter().map(|&x| e4m3_from_f32(round_bf16(x * inv).clamp(-448.0, 448.0))).collect(), s.to_f32())
+    (
+        v.iter().map(|&x| e4m3_from_f32(round_bf16(x * inv).clamp(-448.0, 448.0))).collect(),
+        s.to_f32(),
+    )
 }
 
 struct Rng(u64);
@@ -57,7 +60,9 @@ fn vllm_bf16_agrees_with_an_expf_reference_to_four_nines() {
         let p = SiluMulQuant::new(e, t, h, fmt, Numerics::VllmBf16).unwrap();
         let mut q = vec![0u8; e * t * h];
         let mut s = vec![0f32; e * (h / 128) * t];
-        CpuBackend::new().silu_mul_quant(&p, &y, &counts, &mut q, ScalesMut::F32(&mut s)).unwrap();
+        CpuBackend::new()
+            .silu_mul_quant(&p, &y, &counts, &mut q, ScalesMut::F32(&mut s))
+            .unwrap();
         let (mut bytes, mut byte_diffs, mut scales, mut scale_diffs) = (0usize, 0usize, 0usize, 0usize);
         for ei in 0..e {
             for ti in 0..t {
@@ -82,7 +87,11 @@ fn vllm_bf16_agrees_with_an_expf_reference_to_four_nines() {
                         for x in gate.iter().map(|g| -g.to_f32()) {
                             let (a, b) = (exp_f32(x), expf_ref(x));
                             if a != b {
-                                assert_eq!((a.to_bits() as i64 - b.to_bits() as i64).abs(), 1, "exp({x}) differs by more than 1 ulp");
+                                assert_eq!(
+                                    (a.to_bits() as i64 - b.to_bits() as i64).abs(),
+                                    1,
+                                    "exp({x}) differs by more than 1 ulp"
+                                );
                             }
                         }
                         let (mq, ms) = vllm_group(gate, up, fmt.is_ceil(), exp_f32);
@@ -93,7 +102,11 @@ fn vllm_bf16_agrees_with_an_expf_reference_to_four_nines() {
         }
         let byte_agree = 1.0 - byte_diffs as f64 / bytes as f64;
         let scale_agree = 1.0 - scale_diffs as f64 / scales as f64;
-        eprintln!("{fmt}: bytes agree {:.6}% ({byte_diffs} of {bytes} differ), scales agree {:.6}% ({scale_diffs} of {scales})", byte_agree * 100.0, scale_agree * 100.0);
+        eprintln!(
+            "{fmt}: bytes agree {:.6}% ({byte_diffs} of {bytes} differ), scales agree {:.6}% ({scale_diffs} of {scales})",
+            byte_agree * 100.0,
+            scale_agree * 100.0
+        );
         assert!(byte_agree >= 0.9999 && scale_agree >= 0.9999);
     }
 }

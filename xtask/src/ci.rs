@@ -25,17 +25,32 @@ pub fn run(args: &[String]) -> Result<(), String> {
         r.map_err(|e| format!("step `{name}` failed: {e}"))
     };
     step("fmt", &mut || sh(cargo().args(["fmt", "--all", "--check"])))?;
-    step("clippy", &mut || sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])))?;
+    step("clippy", &mut || {
+        sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    })?;
     step("clippy (cuda feature)", &mut || {
-        sh(cargo().args(["clippy", "--workspace", "--all-targets", "--features", CUDA_FEATURES, "--", "-D", "warnings"]))
+        sh(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            CUDA_FEATURES,
+            "--",
+            "-D",
+            "warnings",
+        ]))
     })?;
     step("tests", &mut || sh(cargo().args(["test", "--workspace"])))?;
-    step("exp-check (all 2^32 inputs)", &mut || sh(cargo().args(["run", "--release", "--quiet", "-p", "xtask", "--", "exp-check"])))?;
+    step("exp-check (all 2^32 inputs)", &mut || {
+        sh(cargo().args(["run", "--release", "--quiet", "-p", "xtask", "--", "exp-check"]))
+    })?;
     step("nvrtc-check (sm_90a)", &mut || crate::gpu::nvrtc_check(&[]))?;
     if !skip_fuzz {
         step("fuzz smoke", &mut || crate::fuzz::run(&["--smoke".to_string()]))?;
     }
-    step("doc", &mut || sh(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings")))?;
+    step("doc", &mut || {
+        sh(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))
+    })?;
     eprintln!("\nci: all steps passed");
     for (name, secs) in &steps {
         eprintln!("  {name:<32} {secs:>7.1} s");
