@@ -49,7 +49,7 @@ impl Activation<'_> {
 fn product(tensor: &'static str, dims: &[usize]) -> Result<usize> {
     let mut n: u128 = 1;
     for &d in dims {
-        n *= d as u128;
+        n = n.saturating_mul(d as u128);
     }
     // Keep every element count addressable by an i32-free 64-bit index and by `isize`.
     if n > (isize::MAX as u128) / 8 {
@@ -60,10 +60,20 @@ fn product(tensor: &'static str, dims: &[usize]) -> Result<usize> {
 
 fn multiple_of_128(tensor: &'static str, dim: &'static str, v: usize) -> Result<()> {
     if v == 0 {
-        return Err(ProblemError::TooSmall { tensor, dim, got: 0, min: GROUP });
+        return Err(ProblemError::TooSmall {
+            tensor,
+            dim,
+            got: 0,
+            min: GROUP,
+        });
     }
     if v % GROUP != 0 {
-        return Err(ProblemError::NotMultiple { tensor, dim, got: v, multiple: GROUP });
+        return Err(ProblemError::NotMultiple {
+            tensor,
+            dim,
+            got: v,
+            multiple: GROUP,
+        });
     }
     Ok(())
 }
@@ -77,9 +87,14 @@ fn at_least(tensor: &'static str, dim: &'static str, v: usize, min: usize) -> Re
 
 /// Checks that a buffer holds exactly the elements of `shape`.
 pub fn check_len(tensor: &'static str, got: usize, shape: &[usize]) -> Result<()> {
-    let expected: usize = shape.iter().product();
+    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(usize::MAX);
     if got != expected {
-        return Err(ProblemError::Len { tensor, shape: ShapeDisplay(shape).to_string(), expected, got });
+        return Err(ProblemError::Len {
+            tensor,
+            shape: ShapeDisplay(shape).to_string(),
+            expected,
+            got,
+        });
     }
     Ok(())
 }
@@ -89,7 +104,11 @@ pub fn check_counts(counts: &[i32], experts: usize, capacity: usize) -> Result<(
     check_len("counts", counts.len(), &[experts])?;
     for (expert, &c) in counts.iter().enumerate() {
         if c < 0 || c as usize > capacity {
-            return Err(ProblemError::Count { expert, count: c as i64, capacity });
+            return Err(ProblemError::Count {
+                expert,
+                count: c as i64,
+                capacity,
+            });
         }
     }
     Ok(())
@@ -254,7 +273,7 @@ impl SiluMulQuant {
         at_least("y", "E", e, 1)?;
         at_least("y", "T", t, 1)?;
         multiple_of_128("q", "H", h)?;
-        product("y", &[e, t, 2 * h])?;
+        product("y", &[e, t, 2, h])?;
         Ok(Self { e, t, h, fmt, numerics })
     }
     pub fn experts(&self) -> usize {
@@ -309,7 +328,14 @@ impl GroupedGemm {
         product("a", &[e, t, k])?;
         product("b", &[e, n, k])?;
         product("d", &[e, t, n])?;
-        Ok(Self { e, t, n, k, sa_fmt, expected_m: None })
+        Ok(Self {
+            e,
+            t,
+            n,
+            k,
+            sa_fmt,
+            expected_m: None,
+        })
     }
     /// Sets the `expected_m` performance hint (SPEC §6); it never changes results.
     pub fn with_expected_m(mut self, m: usize) -> Self {
@@ -400,10 +426,18 @@ impl Experts {
         at_least("a1q", "T", t, 1)?;
         multiple_of_128("a1q", "K", k)?;
         multiple_of_128("w1", "I", i)?;
-        product("w1", &[e, 2 * i, k])?;
+        product("w1", &[e, 2, i, k])?;
         product("w2", &[e, k, i])?;
-        product("ws13", &[e, t, k.max(2 * i)])?;
-        Ok(Self { e, t, k, i, fmt, numerics, expected_m: None })
+        product("ws13", &[e, t, 2, k.max(i)])?;
+        Ok(Self {
+            e,
+            t,
+            k,
+            i,
+            fmt,
+            numerics,
+            expected_m: None,
+        })
     }
     /// Sets the `expected_m` hint for both GEMMs.
     pub fn with_expected_m(mut self, m: usize) -> Self {
@@ -433,7 +467,14 @@ impl Experts {
     }
     /// GEMM1: `(E, T, K) x (E, 2I, K) -> (E, T, 2I)`.
     pub fn gemm1(&self) -> GroupedGemm {
-        let g = GroupedGemm { e: self.e, t: self.t, n: 2 * self.i, k: self.k, sa_fmt: self.fmt, expected_m: None };
+        let g = GroupedGemm {
+            e: self.e,
+            t: self.t,
+            n: 2 * self.i,
+            k: self.k,
+            sa_fmt: self.fmt,
+            expected_m: None,
+        };
         match self.expected_m {
             Some(m) => g.with_expected_m(m),
             None => g,
@@ -441,11 +482,24 @@ impl Experts {
     }
     /// The SiLU-mul-quant stage: `(E, T, 2I) -> (E, T, I)`.
     pub fn silu(&self) -> SiluMulQuant {
-        SiluMulQuant { e: self.e, t: self.t, h: self.i, fmt: self.fmt, numerics: self.numerics }
+        SiluMulQuant {
+            e: self.e,
+            t: self.t,
+            h: self.i,
+            fmt: self.fmt,
+            numerics: self.numerics,
+        }
     }
     /// GEMM2: `(E, T, I) x (E, K, I) -> (E, T, K)`.
     pub fn gemm2(&self) -> GroupedGemm {
-        let g = GroupedGemm { e: self.e, t: self.t, n: self.k, k: self.i, sa_fmt: self.fmt, expected_m: None };
+        let g = GroupedGemm {
+            e: self.e,
+            t: self.t,
+            n: self.k,
+            k: self.i,
+            sa_fmt: self.fmt,
+            expected_m: None,
+        };
         match self.expected_m {
             Some(m) => g.with_expected_m(m),
             None => g,
@@ -464,7 +518,15 @@ impl Experts {
         self.gemm1().sa_shape()
     }
     /// Validates the inputs and output.
-    pub fn check(&self, a1q: &[u8], a1s: &Scales<'_>, w1: &WeightsRef<'_>, w2: &WeightsRef<'_>, counts: &[i32], out: &[bf16]) -> Result<()> {
+    pub fn check(
+        &self,
+        a1q: &[u8],
+        a1s: &Scales<'_>,
+        w1: &WeightsRef<'_>,
+        w2: &WeightsRef<'_>,
+        counts: &[i32],
+        out: &[bf16],
+    ) -> Result<()> {
         let g1 = self.gemm1();
         let g2 = self.gemm2();
         check_len("a1q", a1q.len(), &[self.e, self.t, self.k])?;
@@ -499,7 +561,14 @@ impl Prepare {
         product("x", &[m, k])?;
         product("topk_ids", &[m, topk])?;
         product("a1q", &[experts, capacity, k])?;
-        Ok(Self { m, k, topk, e: experts, t: capacity, fmt })
+        Ok(Self {
+            m,
+            k,
+            topk,
+            e: experts,
+            t: capacity,
+            fmt,
+        })
     }
     pub fn tokens(&self) -> usize {
         self.m
@@ -521,7 +590,12 @@ impl Prepare {
     }
     /// The batched quantization this dispatch performs.
     pub fn quant(&self) -> BatchedTokenGroupQuant {
-        BatchedTokenGroupQuant { e: self.e, t: self.t, k: self.k, fmt: self.fmt }
+        BatchedTokenGroupQuant {
+            e: self.e,
+            t: self.t,
+            k: self.k,
+            fmt: self.fmt,
+        }
     }
     /// Validates the buffers and routes the tokens.
     pub fn check(&self, x: &[bf16], topk_ids: &[i32], a1q: &[u8], a1s: &ScalesMut<'_>, counts: &[i32]) -> Result<Routing> {
@@ -554,7 +628,13 @@ impl Finalize {
         product("out", &[m, k])?;
         product("topk_ids", &[m, topk])?;
         product("expert_out", &[experts, capacity, k])?;
-        Ok(Self { m, k, topk, e: experts, t: capacity })
+        Ok(Self {
+            m,
+            k,
+            topk,
+            e: experts,
+            t: capacity,
+        })
     }
     pub fn tokens(&self) -> usize {
         self.m
@@ -608,7 +688,12 @@ impl Routing {
             let ids = &topk_ids[tok * topk..(tok + 1) * topk];
             for (j, &id) in ids.iter().enumerate() {
                 if id < -1 || id as i64 >= experts as i64 {
-                    return Err(ProblemError::TopkId { token: tok, slot: j, id: id as i64, experts });
+                    return Err(ProblemError::TopkId {
+                        token: tok,
+                        slot: j,
+                        id: id as i64,
+                        experts,
+                    });
                 }
                 if id == -1 {
                     continue;
@@ -623,11 +708,21 @@ impl Routing {
         }
         for (expert, list) in tokens.iter().enumerate() {
             if list.len() > capacity {
-                return Err(ProblemError::Overflow { expert, count: list.len(), capacity });
+                return Err(ProblemError::Overflow {
+                    expert,
+                    count: list.len(),
+                    capacity,
+                });
             }
         }
         let counts = tokens.iter().map(|l| l.len() as i32).collect();
-        Ok(Self { experts, topk, counts, rows, tokens })
+        Ok(Self {
+            experts,
+            topk,
+            counts,
+            rows,
+            tokens,
+        })
     }
     /// Number of experts.
     pub fn experts(&self) -> usize {
@@ -659,15 +754,40 @@ mod tests {
     #[test]
     fn k_not_multiple_of_128_names_tensor_and_dim() {
         let e = TokenGroupQuant::new(4, 130, ScaleFormat::F32, ScaleLayout::RowMajor).unwrap_err();
-        assert_eq!(e, ProblemError::NotMultiple { tensor: "x", dim: "K", got: 130, multiple: 128 });
+        assert_eq!(
+            e,
+            ProblemError::NotMultiple {
+                tensor: "x",
+                dim: "K",
+                got: 130,
+                multiple: 128
+            }
+        );
         assert!(e.to_string().contains("`x`") && e.to_string().contains("`K`"));
     }
 
     #[test]
     fn counts_outside_range_are_rejected() {
-        assert_eq!(check_counts(&[0, 5, 3], 3, 4), Err(ProblemError::Count { expert: 1, count: 5, capacity: 4 }));
-        assert_eq!(check_counts(&[-1], 1, 4), Err(ProblemError::Count { expert: 0, count: -1, capacity: 4 }));
-        assert!(matches!(check_counts(&[0, 1], 3, 4), Err(ProblemError::Len { tensor: "counts", .. })));
+        assert_eq!(
+            check_counts(&[0, 5, 3], 3, 4),
+            Err(ProblemError::Count {
+                expert: 1,
+                count: 5,
+                capacity: 4
+            })
+        );
+        assert_eq!(
+            check_counts(&[-1], 1, 4),
+            Err(ProblemError::Count {
+                expert: 0,
+                count: -1,
+                capacity: 4
+            })
+        );
+        assert!(matches!(
+            check_counts(&[0, 1], 3, 4),
+            Err(ProblemError::Len { tensor: "counts", .. })
+        ));
         assert!(check_counts(&[0, 4, 2], 3, 4).is_ok());
     }
 
@@ -680,9 +800,32 @@ mod tests {
         assert_eq!(r.tokens(0), &[0, 2]);
         assert_eq!(r.tokens(1), &[0, 1]);
         assert_eq!(r.rows(), &[0, 0, 1, 1, -1, 1]);
-        assert_eq!(Routing::new(&ids, 3, 2, 2, 1), Err(ProblemError::Overflow { expert: 0, count: 2, capacity: 1 }));
-        assert_eq!(Routing::new(&[0, 2], 1, 2, 2, 4), Err(ProblemError::TopkId { token: 0, slot: 1, id: 2, experts: 2 }));
-        assert_eq!(Routing::new(&[-2, 0], 1, 2, 2, 4), Err(ProblemError::TopkId { token: 0, slot: 0, id: -2, experts: 2 }));
+        assert_eq!(
+            Routing::new(&ids, 3, 2, 2, 1),
+            Err(ProblemError::Overflow {
+                expert: 0,
+                count: 2,
+                capacity: 1
+            })
+        );
+        assert_eq!(
+            Routing::new(&[0, 2], 1, 2, 2, 4),
+            Err(ProblemError::TopkId {
+                token: 0,
+                slot: 1,
+                id: 2,
+                experts: 2
+            })
+        );
+        assert_eq!(
+            Routing::new(&[-2, 0], 1, 2, 2, 4),
+            Err(ProblemError::TopkId {
+                token: 0,
+                slot: 0,
+                id: -2,
+                experts: 2
+            })
+        );
     }
 
     #[test]
