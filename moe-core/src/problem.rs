@@ -599,13 +599,15 @@ impl Prepare {
     }
     /// Validates the buffers and routes the tokens.
     pub fn check(&self, x: &[bf16], topk_ids: &[i32], a1q: &[u8], a1s: &ScalesMut<'_>, counts: &[i32]) -> Result<Routing> {
+        // Every buffer first: routing allocates O(E), and a caller cannot pass buffers for an
+        // absurd E.
         check_len("x", x.len(), &[self.m, self.k])?;
-        let routing = Routing::new(topk_ids, self.m, self.topk, self.e, self.t)?;
+        check_len("topk_ids", topk_ids.len(), &[self.m, self.topk])?;
         check_len("a1q", a1q.len(), &[self.e, self.t, self.k])?;
         let sh = self.quant().scale_shape();
         a1s.check("a1s", self.fmt, sh.iter().product(), &sh)?;
         check_len("counts", counts.len(), &[self.e])?;
-        Ok(routing)
+        Routing::new(topk_ids, self.m, self.topk, self.e, self.t)
     }
 }
 
@@ -654,10 +656,10 @@ impl Finalize {
     /// Validates the buffers and routes the tokens.
     pub fn check(&self, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &[bf16]) -> Result<Routing> {
         check_len("expert_out", expert_out.len(), &[self.e, self.t, self.k])?;
-        let routing = Routing::new(topk_ids, self.m, self.topk, self.e, self.t)?;
+        check_len("topk_ids", topk_ids.len(), &[self.m, self.topk])?;
         check_len("topk_weights", topk_weights.len(), &[self.m, self.topk])?;
         check_len("out", out.len(), &[self.m, self.k])?;
-        Ok(routing)
+        Routing::new(topk_ids, self.m, self.topk, self.e, self.t)
     }
 }
 
@@ -665,16 +667,29 @@ impl Finalize {
 ///
 /// Expert `e` receives, in ascending token order, every token `m` with `e` in `topk_ids[m]`,
 /// once per expert however often it is listed; `-1` means "not routed".
+/// Memory is `O(E + M·topk)`; the `O(E)` tables are reserved fallibly, so an absurd `E` is a
+/// [`ProblemError::TooLarge`], never an allocation abort.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routing {
-    experts: usize,
     topk: usize,
     /// Live rows per expert.
     counts: Vec<i32>,
     /// For each `(m, j)`: the row of token `m` in expert `topk_ids[m, j]`, or -1 if not routed.
     rows: Vec<i32>,
-    /// For each expert, its tokens in ascending order (length `counts[e]`).
-    tokens: Vec<Vec<u32>>,
+    /// The tokens of every expert, ascending, expert after expert.
+    order: Vec<u32>,
+    /// `order[offsets[e]..offsets[e + 1]]` are the tokens of expert `e`.
+    offsets: Vec<usize>,
+}
+
+fn table<T: Clone>(len: usize, fill: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| ProblemError::TooLarge {
+        tensor: "topk_ids",
+        elements: len as u128,
+    })?;
+    v.resize(len, fill);
+    Ok(v)
 }
 
 impl Routing {
@@ -682,8 +697,8 @@ impl Routing {
     /// tokens are errors.
     pub fn new(topk_ids: &[i32], m: usize, topk: usize, experts: usize, capacity: usize) -> Result<Self> {
         check_len("topk_ids", topk_ids.len(), &[m, topk])?;
-        let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); experts];
-        let mut rows = vec![-1i32; m * topk];
+        let mut counts: Vec<i32> = table(experts, 0)?;
+        let mut rows = vec![-1i32; topk_ids.len()];
         for tok in 0..m {
             let ids = &topk_ids[tok * topk..(tok + 1) * topk];
             for (j, &id) in ids.iter().enumerate() {
@@ -698,35 +713,50 @@ impl Routing {
                 if id == -1 {
                     continue;
                 }
-                let list = &mut tokens[id as usize];
-                // Ascending token order: the token is already listed iff it is the last entry.
-                if list.last() != Some(&(tok as u32)) {
-                    list.push(tok as u32);
-                }
-                rows[tok * topk + j] = (list.len() - 1) as i32;
+                // A token listed twice for one expert takes one row: that of its first slot.
+                rows[tok * topk + j] = match ids[..j].iter().position(|&p| p == id) {
+                    Some(first) => rows[tok * topk + first],
+                    None => {
+                        let c = &mut counts[id as usize];
+                        if *c as usize == capacity {
+                            let total = topk_ids
+                                .iter()
+                                .enumerate()
+                                .filter(|&(i, &v)| v == id && !topk_ids[(i / topk) * topk..i].contains(&id))
+                                .count();
+                            return Err(ProblemError::Overflow {
+                                expert: id as usize,
+                                count: total,
+                                capacity,
+                            });
+                        }
+                        *c += 1;
+                        *c - 1
+                    }
+                };
             }
         }
-        for (expert, list) in tokens.iter().enumerate() {
-            if list.len() > capacity {
-                return Err(ProblemError::Overflow {
-                    expert,
-                    count: list.len(),
-                    capacity,
-                });
+        let mut offsets: Vec<usize> = table(experts + 1, 0)?;
+        for e in 0..experts {
+            offsets[e + 1] = offsets[e] + counts[e] as usize;
+        }
+        let mut order = vec![0u32; offsets[experts]];
+        for (i, &id) in topk_ids.iter().enumerate() {
+            if id >= 0 && !topk_ids[(i / topk) * topk..i].contains(&id) {
+                order[offsets[id as usize] + rows[i] as usize] = (i / topk) as u32;
             }
         }
-        let counts = tokens.iter().map(|l| l.len() as i32).collect();
         Ok(Self {
-            experts,
             topk,
             counts,
             rows,
-            tokens,
+            order,
+            offsets,
         })
     }
     /// Number of experts.
     pub fn experts(&self) -> usize {
-        self.experts
+        self.counts.len()
     }
     /// Live rows per expert.
     pub fn counts(&self) -> &[i32] {
@@ -734,7 +764,7 @@ impl Routing {
     }
     /// The tokens of expert `e`, ascending.
     pub fn tokens(&self, e: usize) -> &[u32] {
-        &self.tokens[e]
+        &self.order[self.offsets[e]..self.offsets[e + 1]]
     }
     /// The row of token `m` in the expert of its slot `j`, or `None` if the slot is `-1`.
     pub fn row(&self, m: usize, j: usize) -> Option<usize> {
@@ -800,14 +830,28 @@ mod tests {
         assert_eq!(r.tokens(0), &[0, 2]);
         assert_eq!(r.tokens(1), &[0, 1]);
         assert_eq!(r.rows(), &[0, 0, 1, 1, -1, 1]);
+        // The first expert to overflow, scanning tokens in order, with its full count.
         assert_eq!(
             Routing::new(&ids, 3, 2, 2, 1),
             Err(ProblemError::Overflow {
-                expert: 0,
+                expert: 1,
                 count: 2,
                 capacity: 1
             })
         );
+        assert_eq!(
+            Routing::new(&[0, 0, 0, -1, 0, 1], 3, 2, 2, 2),
+            Err(ProblemError::Overflow {
+                expert: 0,
+                count: 3,
+                capacity: 2
+            })
+        );
+        // An absurd number of experts is an error, not an allocation abort.
+        assert!(matches!(
+            Routing::new(&[], 0, 1, usize::MAX / 2, 1),
+            Err(ProblemError::TooLarge { .. })
+        ));
         assert_eq!(
             Routing::new(&[0, 2], 1, 2, 2, 4),
             Err(ProblemError::TopkId {
