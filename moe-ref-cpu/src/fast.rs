@@ -255,24 +255,21 @@ impl Backend for CpuBackend {
                 .for_each(|((qb, sb), (e, rb))| {
                     let rows = qb.len() / c_dim;
                     let base = (e * r_dim + rb * GROUP) * c_dim;
-                    for cb in 0..cbs {
-                        let cols = (cb * GROUP..((cb + 1) * GROUP).min(c_dim)).len();
-                        let mut amax = 1e-4f32;
-                        for r in 0..rows {
-                            for c in cb * GROUP..cb * GROUP + cols {
-                                amax = amax.max(w.get(base + r * c_dim + c).abs());
-                            }
-                        }
-                        let mut sc = amax / E4M3_MAX;
-                        if pow2 {
-                            sc = ceil_pow2(sc);
-                        }
-                        for r in 0..rows {
-                            for c in cb * GROUP..cb * GROUP + cols {
-                                qb[r * c_dim + c] = e4m3_from_f32(w.get(base + r * c_dim + c) / sc);
-                            }
-                        }
-                        sb[cb] = sc;
+                    match w {
+                        Activation::Bf16(x) => Arch::new().dispatch(BlockRow {
+                            w: &x[base..base + rows * c_dim],
+                            c_dim,
+                            qb,
+                            sb,
+                            pow2,
+                        }),
+                        Activation::F32(x) => Arch::new().dispatch(BlockRow {
+                            w: &x[base..base + rows * c_dim],
+                            c_dim,
+                            qb,
+                            sb,
+                            pow2,
+                        }),
                     }
                 });
         });
@@ -469,6 +466,67 @@ impl WithSimd for FinalizeRow<'_> {
         }
         for (o, a) in o.iter_mut().zip(&acc) {
             *o = bf16_out(*a);
+        }
+    }
+}
+
+/// One 128-row band of a weight matrix (all its 128×128 blocks), compiled for the CPU's widest
+/// vectors by `pulp`.
+struct BlockRow<'a, T> {
+    w: &'a [T],
+    c_dim: usize,
+    qb: &'a mut [u8],
+    sb: &'a mut [f32],
+    pow2: bool,
+}
+
+/// An input element type of the quantizers.
+trait Elem: Copy + Send + Sync {
+    fn f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl<T: Elem> WithSimd for BlockRow<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let BlockRow { w, c_dim, qb, sb, pow2 } = self;
+        let rows = w.len() / c_dim;
+        // Column-block maxima over all rows of the band (maxNum is order-independent), then the codes.
+        let mut amax = vec![1e-4f32; sb.len()];
+        for r in 0..rows {
+            for (m, chunk) in amax.iter_mut().zip(w[r * c_dim..(r + 1) * c_dim].chunks(GROUP)) {
+                for &x in chunk {
+                    *m = m.max(x.f32().abs());
+                }
+            }
+        }
+        for (sc, m) in sb.iter_mut().zip(&amax) {
+            let v = *m / E4M3_MAX;
+            *sc = if pow2 { ceil_pow2(v) } else { v };
+        }
+        for r in 0..rows {
+            let src = &w[r * c_dim..(r + 1) * c_dim];
+            let dst = &mut qb[r * c_dim..(r + 1) * c_dim];
+            for ((d, x), &sc) in dst.chunks_mut(GROUP).zip(src.chunks(GROUP)).zip(sb.iter()) {
+                for (o, &v) in d.iter_mut().zip(x) {
+                    *o = e4m3_from_f32(v.f32() / sc);
+                }
+            }
         }
     }
 }
