@@ -1,28 +1,262 @@
-//! `moe`: the command line of moe-fp8.
+//! # moe
+//!
+//! The command line of moe-fp8.
+//!
+//! - `moe run`: the main job. A seeded synthetic DeepSeek-V3-shaped expert layer (by default
+//!   E = 8 local experts, T = 64, K = 7168, I = 2048, 64 tokens, top-8) through weight
+//!   quantization, prepare, the batched experts stage and finalize on the chosen backend; prints
+//!   each stage's time and throughput and the verdict of the check against the naive reference.
+//!   Exit code 1 if the check fails.
+//! - `moe op <name> --in IN --out OUT`: one operation on safetensors files (SPEC §8). Bad input
+//!   is one line on stderr naming the tensor and exit code 2; nothing is written to `OUT` then.
+//! - `moe info`: version, compiled backends, thread count, CUDA devices.
+//!
+//! Exit codes: 0 success; 1 a failed check, a device error or an unwritable output; 2 bad input
+//! or usage (as clap's own usage errors).
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use moe_cli::engine::{self, BackendKind};
+use moe_cli::error::{CliError, InputError};
+use moe_cli::ops::{Op, OpOptions};
+use moe_cli::run::{self, RunConfig};
+use moe_core::{Numerics, ScaleFormat};
 
 mod diff;
 
-#[derive(Parser, Debug)]
+#[derive(Debug, Parser)]
 #[command(
     name = "moe",
-    about = "FP8 block-quantized MoE expert stage: reference, CUDA backend, differential testing"
+    version,
+    about = "FP8 block-quantized Mixture-of-Experts expert stage: run, check and call its operations"
 )]
 struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    command: Command,
 }
 
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Compare a backend with the naive CPU reference on random cases of every operation.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a synthetic DeepSeek-V3-shaped expert layer, time every stage and check it against the naive reference.
+    Run(RunArgs),
+    /// Run one operation on tensors read from a safetensors file (SPEC §8).
+    Op(OpArgs),
+    /// Print the version, the compiled backends, the thread count and the CUDA devices.
+    Info,
+    /// Compare a backend with the naive CPU reference on seeded random cases of every operation.
     Diff(diff::DiffArgs),
 }
 
+fn parse_scale_fmt(s: &str) -> Result<ScaleFormat, String> {
+    ScaleFormat::from_name(s).ok_or_else(|| format!("unknown scale format `{s}` (expected f32, f32-ceil-ue8m0 or ue8m0-packed)"))
+}
+
+fn parse_numerics(s: &str) -> Result<Numerics, String> {
+    Numerics::from_name(s).ok_or_else(|| format!("unknown numerics `{s}` (expected vllm-bf16 or f32)"))
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Local experts E.
+    #[arg(long, default_value_t = 8)]
+    experts: usize,
+    /// Capacity T (max tokens per expert).
+    #[arg(long, default_value_t = 64)]
+    capacity: usize,
+    /// Hidden size K (a multiple of 128).
+    #[arg(long, default_value_t = 7168)]
+    hidden: usize,
+    /// Expert intermediate size I (a multiple of 128).
+    #[arg(long, default_value_t = 2048)]
+    intermediate: usize,
+    /// Tokens M.
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    /// Router slots per token (ids of experts on other ranks are -1).
+    #[arg(long, default_value_t = 8)]
+    topk: usize,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Activation scale format (ceil formats also give power-of-two weight scales).
+    #[arg(long, default_value = "f32", value_parser = parse_scale_fmt)]
+    scale_fmt: ScaleFormat,
+    /// SiLU-mul-quant arithmetic.
+    #[arg(long, default_value = "vllm-bf16", value_parser = parse_numerics)]
+    numerics: Numerics,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
+    /// Worker threads of the CPU work (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Live rows per expert whose GEMM outputs the naive reference recomputes.
+    #[arg(long, default_value_t = 2)]
+    check_rows: usize,
+}
+
+#[derive(Debug, Args)]
+struct OpArgs {
+    /// The operation.
+    #[arg(value_enum)]
+    name: Op,
+    /// Input safetensors file.
+    #[arg(long = "in", value_name = "IN.safetensors")]
+    input: PathBuf,
+    /// Output safetensors file (written atomically; untouched on error).
+    #[arg(long = "out", value_name = "OUT.safetensors")]
+    output: PathBuf,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    backend: BackendKind,
+    /// Activation scale format (token-group-quant, silu-mul-quant, grouped-gemm, experts, prepare).
+    #[arg(long, default_value = "f32", value_parser = parse_scale_fmt)]
+    scale_fmt: ScaleFormat,
+    /// SiLU-mul-quant arithmetic (silu-mul-quant, experts).
+    #[arg(long, default_value = "vllm-bf16", value_parser = parse_numerics)]
+    numerics: Numerics,
+    /// block-quant: ceil every weight scale to a power of two (UE8M0 weights, as DeepSeek-V3.1).
+    #[arg(long)]
+    pow2: bool,
+    /// prepare: the number of local experts E.
+    #[arg(long)]
+    experts: Option<usize>,
+    /// prepare: the capacity T.
+    #[arg(long)]
+    capacity: Option<usize>,
+    /// Worker threads of the CPU backend (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn set_threads(threads: Option<usize>) -> Result<(), CliError> {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err(InputError::Usage("--threads must be at least 1".into()).into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| InputError::Usage(format!("--threads {n}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Stage names on stderr: a spinner on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = ProgressBar::new_spinner();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.enable_steady_tick(std::time::Duration::from_millis(100));
+            b
+        });
+        Self { bar }
+    }
+    fn stage(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.set_message(msg.to_string()),
+            None => eprintln!("moe run: {msg}"),
+        }
+    }
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+fn cmd_run(a: RunArgs) -> Result<(), CliError> {
+    set_threads(a.threads)?;
+    let cfg = RunConfig {
+        experts: a.experts,
+        capacity: a.capacity,
+        hidden: a.hidden,
+        intermediate: a.intermediate,
+        tokens: a.tokens,
+        topk: a.topk,
+        seed: a.seed,
+        scale_fmt: a.scale_fmt,
+        numerics: a.numerics,
+        check_rows: a.check_rows,
+        ..RunConfig::default()
+    };
+    run::validate(&cfg)?;
+    let progress = Progress::new();
+    progress.stage(&format!("opening backend {}", a.backend.name()));
+    let backend = engine::open(a.backend)?;
+    let report = run::run(&cfg, backend.as_ref(), a.backend == BackendKind::Cpu, &|m| progress.stage(m));
+    progress.finish();
+    let report = report?;
+    print!("{}", report.render());
+    if report.passed() {
+        Ok(())
+    } else {
+        let failed: Vec<&str> = report.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+        Err(CliError::CheckFailed(failed.join(", ")))
+    }
+}
+
+fn cmd_op(a: OpArgs) -> Result<(), CliError> {
+    set_threads(a.threads)?;
+    let opts = OpOptions {
+        scale_fmt: a.scale_fmt,
+        numerics: a.numerics,
+        pow2: a.pow2,
+        experts: a.experts,
+        capacity: a.capacity,
+    };
+    let bytes = std::fs::read(&a.input).map_err(|source| CliError::ReadInput {
+        path: a.input.display().to_string(),
+        source,
+    })?;
+    // Validate before opening a device, so bad input is reported as such on every machine.
+    let inputs = moe_cli::read_inputs(a.name, &opts, &bytes)?;
+    drop(bytes);
+    let backend = engine::open(a.backend)?;
+    let outputs = moe_cli::execute(&inputs, backend.as_ref())?;
+    let path = a.output.display().to_string();
+    let data = moe_cli::tensors::serialize(&outputs).map_err(|e| CliError::WriteOutput {
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    moe_cli::tensors::write_atomic(&a.output, &data).map_err(|source| CliError::WriteOutput { path, source })
+}
+
+fn cmd_info() -> Result<(), CliError> {
+    println!("moe {}", env!("CARGO_PKG_VERSION"));
+    println!("backends: {}", engine::compiled_backends().join(", "));
+    println!("threads: {}", rayon::current_num_threads());
+    println!("cuda:");
+    for line in engine::cuda_devices() {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    match Cli::parse().cmd {
-        Cmd::Diff(a) => diff::run(a),
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::Op(a) => cmd_op(a),
+        Command::Info => cmd_info(),
+        Command::Diff(a) => return diff::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moe: error: {}", e.one_line());
+            ExitCode::from(e.exit_code())
+        }
     }
 }

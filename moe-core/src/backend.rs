@@ -8,7 +8,8 @@ use half::bf16;
 
 use crate::error::MoeError;
 use crate::problem::{
-    Activation, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, SiluMulQuant, TokenGroupQuant, WeightsRef, WorkspaceShapes,
+    Activation, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, SiluMulQuant, TokenGroupQuant, WeightsRef,
+    WorkspaceShapes,
 };
 use crate::scale::{ScaleBuf, Scales, ScalesMut};
 
@@ -27,7 +28,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()>;
 
     /// Batched token-group quantization of `(E, T, K)`, live rows only (SPEC §5.1).
-    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation<'_>, counts: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()>;
+    fn batched_token_group_quant(
+        &self,
+        p: &BatchedTokenGroupQuant,
+        x: Activation<'_>,
+        counts: &[i32],
+        q: &mut [u8],
+        s: ScalesMut<'_>,
+    ) -> MoeResult<()>;
 
     /// 128×128 block quantization of weights (SPEC §4).
     fn block_quant(&self, p: &BlockQuant, w: Activation<'_>, q: &mut [u8], s: &mut [f32]) -> MoeResult<()>;
@@ -37,7 +45,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Masked grouped FP8 GEMM, live rows only (SPEC §5.3).
     #[allow(clippy::too_many_arguments)]
-    fn grouped_gemm(&self, p: &GroupedGemm, a: &[u8], sa: Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32], d: &mut [bf16]) -> MoeResult<()>;
+    fn grouped_gemm(
+        &self,
+        p: &GroupedGemm,
+        a: &[u8],
+        sa: Scales<'_>,
+        b: &[u8],
+        sb: &[f32],
+        counts: &[i32],
+        d: &mut [bf16],
+    ) -> MoeResult<()>;
 
     /// Dispatch and quantize (SPEC §5.5); writes `counts` and the live rows of `a1q`, `a1s`.
     fn prepare(&self, p: &Prepare, x: &[bf16], topk_ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, counts: &mut [i32]) -> MoeResult<()>;
@@ -100,7 +117,11 @@ pub struct Capabilities {
 pub trait BatchedExperts: Backend {
     /// Capability queries.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { chunking: false, expert_map: false, packed_ue8m0_act_scales: true }
+        Capabilities {
+            chunking: false,
+            expert_map: false,
+            packed_ue8m0_act_scales: true,
+        }
     }
 
     /// vLLM's workspace shapes for `p`.
@@ -115,10 +136,22 @@ pub trait BatchedExperts: Backend {
     fn apply(&self, p: &Experts, inputs: ExpertsInputs<'_>, ws: &mut ExpertsWorkspace, out: &mut [bf16]) -> MoeResult<()> {
         p.check(inputs.a1q, &inputs.a1s, &inputs.w1, &inputs.w2, inputs.counts, out)?;
         let fresh = ExpertsWorkspace::new(p);
-        if ws.h1.len() != fresh.h1.len() || ws.q2.len() != fresh.q2.len() || ws.s2.len() != fresh.s2.len() || ws.s2.view().is_packed() != fresh.s2.view().is_packed() {
+        if ws.h1.len() != fresh.h1.len()
+            || ws.q2.len() != fresh.q2.len()
+            || ws.s2.len() != fresh.s2.len()
+            || ws.s2.view().is_packed() != fresh.s2.view().is_packed()
+        {
             *ws = fresh;
         }
-        self.grouped_gemm(&p.gemm1(), inputs.a1q, inputs.a1s, inputs.w1.q, inputs.w1.s, inputs.counts, &mut ws.h1)?;
+        self.grouped_gemm(
+            &p.gemm1(),
+            inputs.a1q,
+            inputs.a1s,
+            inputs.w1.q,
+            inputs.w1.s,
+            inputs.counts,
+            &mut ws.h1,
+        )?;
         self.silu_mul_quant(&p.silu(), &ws.h1, inputs.counts, &mut ws.q2, ws.s2.view_mut())?;
         self.grouped_gemm(&p.gemm2(), &ws.q2, ws.s2.view(), inputs.w2.q, inputs.w2.s, inputs.counts, out)
     }

@@ -56,11 +56,7 @@ pub enum ProblemError {
     },
     /// `counts[expert]` is outside `[0, T]`.
     #[error("tensor `counts`: counts[{expert}] = {count} is outside [0, {capacity}]")]
-    Count {
-        expert: usize,
-        count: i64,
-        capacity: usize,
-    },
+    Count { expert: usize, count: i64, capacity: usize },
     /// A `topk_ids` entry is outside `[-1, E)`.
     #[error("tensor `topk_ids`: topk_ids[{token}, {slot}] = {id} is outside [-1, {experts})")]
     TopkId {
@@ -71,11 +67,7 @@ pub enum ProblemError {
     },
     /// More tokens were routed to one expert than its capacity `T` (prepare never drops tokens).
     #[error("tensor `topk_ids`: expert {expert} receives {count} tokens, more than the capacity T = {capacity}")]
-    Overflow {
-        expert: usize,
-        count: usize,
-        capacity: usize,
-    },
+    Overflow { expert: usize, count: usize, capacity: usize },
     /// The requested combination is not supported by this operation or backend.
     #[error("unsupported: {what}")]
     Unsupported { what: String },

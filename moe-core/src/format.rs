@@ -31,7 +31,7 @@ fn encode_magnitude(x: f32, mant: u32, bias: i32, max_code: u32) -> u32 {
     // Value = 1.m × 2^(exp-127). The target exponent field is e = exp-127+bias.
     let e = exp - 127 + bias;
     let full = (bits & 0x7F_FFFF) | 0x80_0000; // 24-bit significand
-    // Number of significand bits to drop: 23-mant for normals; more for target subnormals.
+                                               // Number of significand bits to drop: 23-mant for normals; more for target subnormals.
     let shift = if e >= 1 { 23 - mant as i32 } else { 23 - mant as i32 + (1 - e) };
     if shift > 25 {
         // Below half of the smallest subnormal: rounds to zero.
@@ -46,11 +46,7 @@ fn encode_magnitude(x: f32, mant: u32, bias: i32, max_code: u32) -> u32 {
     }
     // q is now the rounded significand with the implicit bit, for e >= 1, or the
     // subnormal significand for e < 1; carries propagate into the exponent field naturally.
-    let code = if e >= 1 {
-        ((e as u32) << mant) + (q - (1u32 << mant))
-    } else {
-        q
-    };
+    let code = if e >= 1 { ((e as u32) << mant) + (q - (1u32 << mant)) } else { q };
     code.min(max_code)
 }
 
@@ -90,11 +86,7 @@ pub fn e4m3_from_f32_reference(x: f32) -> u8 {
     }
     let sign = ((x.to_bits() >> 24) & 0x80) as u8;
     let a = x.abs();
-    let code = if a >= E4M3_MAX {
-        0x7E
-    } else {
-        encode_magnitude(a, 3, 7, 0x7E)
-    };
+    let code = if a >= E4M3_MAX { 0x7E } else { encode_magnitude(a, 3, 7, 0x7E) };
     sign | code as u8
 }
 
@@ -137,11 +129,7 @@ pub fn e5m2_from_f32(x: f32) -> u8 {
     }
     let sign = ((x.to_bits() >> 24) & 0x80) as u8;
     let a = x.abs();
-    let code = if a >= E5M2_MAX {
-        0x7B
-    } else {
-        encode_magnitude(a, 2, 15, 0x7B)
-    };
+    let code = if a >= E5M2_MAX { 0x7B } else { encode_magnitude(a, 2, 15, 0x7B) };
     sign | code as u8
 }
 
@@ -280,7 +268,17 @@ mod tests {
 
     #[test]
     fn e4m3_encoder_matches_nearest_search_on_midpoints_and_boundaries() {
-        let mut xs = vec![0.0, -0.0, 448.0, 464.0, 463.99997, 464.00003, 1e30, f32::INFINITY, f32::NEG_INFINITY];
+        let mut xs = vec![
+            0.0,
+            -0.0,
+            448.0,
+            464.0,
+            463.99997,
+            464.00003,
+            1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
         for b in 0u8..0x7F {
             let lo = e4m3_to_f32(b) as f64;
             let hi = e4m3_to_f32(b + 1) as f64;

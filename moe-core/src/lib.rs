@@ -33,12 +33,15 @@ pub mod scale;
 
 pub use backend::{Backend, BatchedExperts, Capabilities, ExpertsInputs, ExpertsWorkspace, MoeResult};
 pub use error::{DeviceError, MoeError, ProblemError};
-pub use format::{bf16_from_f32, bf16_out, BF16_CANONICAL_NAN, ceil_pow2, e4m3_from_f32, e4m3_from_f32_reference, e4m3_to_f32, e5m2_from_f32, e5m2_to_f32, round_bf16, ue8m0_from_pow2, ue8m0_to_f32, E4M3_DECODE, E4M3_MAX};
+pub use format::{
+    bf16_from_f32, bf16_out, ceil_pow2, e4m3_from_f32, e4m3_from_f32_reference, e4m3_to_f32, e5m2_from_f32, e5m2_to_f32, round_bf16,
+    ue8m0_from_pow2, ue8m0_to_f32, BF16_CANONICAL_NAN, E4M3_DECODE, E4M3_MAX,
+};
 pub use half::bf16;
 pub use math::{exp_f32, silu_f32, vllm_ceil_pow2_bf16};
 pub use meta::{estimate_expected_m, moe_problem_size, MoeProblemSize};
 pub use problem::{
-    check_counts, check_len, clamp_count, Activation, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, Routing, SiluMulQuant, TokenGroupQuant,
-    WeightsRef, WorkspaceShapes,
+    check_counts, check_len, clamp_count, Activation, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, Routing,
+    SiluMulQuant, TokenGroupQuant, WeightsRef, WorkspaceShapes,
 };
 pub use scale::{Numerics, ScaleBuf, ScaleFormat, ScaleLayout, Scales, ScalesMut, GROUP};

@@ -37,13 +37,23 @@ pub struct MoeProblemSize {
 pub fn moe_problem_size(a1: &[usize], w1: &[usize], w2: &[usize], topk_ids: &[usize]) -> Result<MoeProblemSize, ProblemError> {
     fn rank(tensor: &'static str, s: &[usize], r: usize) -> Result<(), ProblemError> {
         if s.len() != r {
-            return Err(ProblemError::Dim { tensor, dim: "rank", expected: r, got: s.len() });
+            return Err(ProblemError::Dim {
+                tensor,
+                dim: "rank",
+                expected: r,
+                got: s.len(),
+            });
         }
         Ok(())
     }
     fn eq(tensor: &'static str, dim: &'static str, got: usize, expected: usize) -> Result<(), ProblemError> {
         if got != expected {
-            return Err(ProblemError::Dim { tensor, dim, expected, got });
+            return Err(ProblemError::Dim {
+                tensor,
+                dim,
+                expected,
+                got,
+            });
         }
         Ok(())
     }
@@ -57,7 +67,13 @@ pub fn moe_problem_size(a1: &[usize], w1: &[usize], w2: &[usize], topk_ids: &[us
     eq("w2", "E", w2[0], e)?;
     eq("w2", "K", w2[1], k)?;
     eq("w2", "I", w2[2] * 2, w1[1])?;
-    Ok(MoeProblemSize { e, m, n: w1[1], k, topk: topk_ids[1] })
+    Ok(MoeProblemSize {
+        e,
+        m,
+        n: w1[1],
+        k,
+        topk: topk_ids[1],
+    })
 }
 
 #[cfg(test)]
@@ -77,8 +93,24 @@ mod tests {
     #[test]
     fn problem_size_checks_agreement() {
         let s = moe_problem_size(&[8, 64, 7168], &[8, 4096, 7168], &[8, 7168, 2048], &[100, 8]).unwrap();
-        assert_eq!(s, MoeProblemSize { e: 8, m: 64, n: 4096, k: 7168, topk: 8 });
+        assert_eq!(
+            s,
+            MoeProblemSize {
+                e: 8,
+                m: 64,
+                n: 4096,
+                k: 7168,
+                topk: 8
+            }
+        );
         let e = moe_problem_size(&[8, 64, 7168], &[8, 4096, 7168], &[8, 7168, 1024], &[100, 8]).unwrap_err();
-        assert!(matches!(e, ProblemError::Dim { tensor: "w2", dim: "I", .. }));
+        assert!(matches!(
+            e,
+            ProblemError::Dim {
+                tensor: "w2",
+                dim: "I",
+                ..
+            }
+        ));
     }
 }

@@ -49,7 +49,7 @@ impl Activation<'_> {
 fn product(tensor: &'static str, dims: &[usize]) -> Result<usize> {
     let mut n: u128 = 1;
     for &d in dims {
-        n *= d as u128;
+        n = n.saturating_mul(d as u128);
     }
     // Keep every element count addressable by an i32-free 64-bit index and by `isize`.
     if n > (isize::MAX as u128) / 8 {
@@ -60,10 +60,20 @@ fn product(tensor: &'static str, dims: &[usize]) -> Result<usize> {
 
 fn multiple_of_128(tensor: &'static str, dim: &'static str, v: usize) -> Result<()> {
     if v == 0 {
-        return Err(ProblemError::TooSmall { tensor, dim, got: 0, min: GROUP });
+        return Err(ProblemError::TooSmall {
+            tensor,
+            dim,
+            got: 0,
+            min: GROUP,
+        });
     }
     if v % GROUP != 0 {
-        return Err(ProblemError::NotMultiple { tensor, dim, got: v, multiple: GROUP });
+        return Err(ProblemError::NotMultiple {
+            tensor,
+            dim,
+            got: v,
+            multiple: GROUP,
+        });
     }
     Ok(())
 }
@@ -77,9 +87,14 @@ fn at_least(tensor: &'static str, dim: &'static str, v: usize, min: usize) -> Re
 
 /// Checks that a buffer holds exactly the elements of `shape`.
 pub fn check_len(tensor: &'static str, got: usize, shape: &[usize]) -> Result<()> {
-    let expected: usize = shape.iter().product();
+    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).unwrap_or(usize::MAX);
     if got != expected {
-        return Err(ProblemError::Len { tensor, shape: ShapeDisplay(shape).to_string(), expected, got });
+        return Err(ProblemError::Len {
+            tensor,
+            shape: ShapeDisplay(shape).to_string(),
+            expected,
+            got,
+        });
     }
     Ok(())
 }
@@ -89,7 +104,11 @@ pub fn check_counts(counts: &[i32], experts: usize, capacity: usize) -> Result<(
     check_len("counts", counts.len(), &[experts])?;
     for (expert, &c) in counts.iter().enumerate() {
         if c < 0 || c as usize > capacity {
-            return Err(ProblemError::Count { expert, count: c as i64, capacity });
+            return Err(ProblemError::Count {
+                expert,
+                count: c as i64,
+                capacity,
+            });
         }
     }
     Ok(())
@@ -254,7 +273,7 @@ impl SiluMulQuant {
         at_least("y", "E", e, 1)?;
         at_least("y", "T", t, 1)?;
         multiple_of_128("q", "H", h)?;
-        product("y", &[e, t, 2 * h])?;
+        product("y", &[e, t, 2, h])?;
         Ok(Self { e, t, h, fmt, numerics })
     }
     pub fn experts(&self) -> usize {
@@ -309,7 +328,14 @@ impl GroupedGemm {
         product("a", &[e, t, k])?;
         product("b", &[e, n, k])?;
         product("d", &[e, t, n])?;
-        Ok(Self { e, t, n, k, sa_fmt, expected_m: None })
+        Ok(Self {
+            e,
+            t,
+            n,
+            k,
+            sa_fmt,
+            expected_m: None,
+        })
     }
     /// Sets the `expected_m` performance hint (SPEC §6); it never changes results.
     pub fn with_expected_m(mut self, m: usize) -> Self {
@@ -400,10 +426,18 @@ impl Experts {
         at_least("a1q", "T", t, 1)?;
         multiple_of_128("a1q", "K", k)?;
         multiple_of_128("w1", "I", i)?;
-        product("w1", &[e, 2 * i, k])?;
+        product("w1", &[e, 2, i, k])?;
         product("w2", &[e, k, i])?;
-        product("ws13", &[e, t, k.max(2 * i)])?;
-        Ok(Self { e, t, k, i, fmt, numerics, expected_m: None })
+        product("ws13", &[e, t, 2, k.max(i)])?;
+        Ok(Self {
+            e,
+            t,
+            k,
+            i,
+            fmt,
+            numerics,
+            expected_m: None,
+        })
     }
     /// Sets the `expected_m` hint for both GEMMs.
     pub fn with_expected_m(mut self, m: usize) -> Self {
@@ -433,7 +467,14 @@ impl Experts {
     }
     /// GEMM1: `(E, T, K) x (E, 2I, K) -> (E, T, 2I)`.
     pub fn gemm1(&self) -> GroupedGemm {
-        let g = GroupedGemm { e: self.e, t: self.t, n: 2 * self.i, k: self.k, sa_fmt: self.fmt, expected_m: None };
+        let g = GroupedGemm {
+            e: self.e,
+            t: self.t,
+            n: 2 * self.i,
+            k: self.k,
+            sa_fmt: self.fmt,
+            expected_m: None,
+        };
         match self.expected_m {
             Some(m) => g.with_expected_m(m),
             None => g,
@@ -441,11 +482,24 @@ impl Experts {
     }
     /// The SiLU-mul-quant stage: `(E, T, 2I) -> (E, T, I)`.
     pub fn silu(&self) -> SiluMulQuant {
-        SiluMulQuant { e: self.e, t: self.t, h: self.i, fmt: self.fmt, numerics: self.numerics }
+        SiluMulQuant {
+            e: self.e,
+            t: self.t,
+            h: self.i,
+            fmt: self.fmt,
+            numerics: self.numerics,
+        }
     }
     /// GEMM2: `(E, T, I) x (E, K, I) -> (E, T, K)`.
     pub fn gemm2(&self) -> GroupedGemm {
-        let g = GroupedGemm { e: self.e, t: self.t, n: self.k, k: self.i, sa_fmt: self.fmt, expected_m: None };
+        let g = GroupedGemm {
+            e: self.e,
+            t: self.t,
+            n: self.k,
+            k: self.i,
+            sa_fmt: self.fmt,
+            expected_m: None,
+        };
         match self.expected_m {
             Some(m) => g.with_expected_m(m),
             None => g,
@@ -464,7 +518,15 @@ impl Experts {
         self.gemm1().sa_shape()
     }
     /// Validates the inputs and output.
-    pub fn check(&self, a1q: &[u8], a1s: &Scales<'_>, w1: &WeightsRef<'_>, w2: &WeightsRef<'_>, counts: &[i32], out: &[bf16]) -> Result<()> {
+    pub fn check(
+        &self,
+        a1q: &[u8],
+        a1s: &Scales<'_>,
+        w1: &WeightsRef<'_>,
+        w2: &WeightsRef<'_>,
+        counts: &[i32],
+        out: &[bf16],
+    ) -> Result<()> {
         let g1 = self.gemm1();
         let g2 = self.gemm2();
         check_len("a1q", a1q.len(), &[self.e, self.t, self.k])?;
@@ -499,7 +561,14 @@ impl Prepare {
         product("x", &[m, k])?;
         product("topk_ids", &[m, topk])?;
         product("a1q", &[experts, capacity, k])?;
-        Ok(Self { m, k, topk, e: experts, t: capacity, fmt })
+        Ok(Self {
+            m,
+            k,
+            topk,
+            e: experts,
+            t: capacity,
+            fmt,
+        })
     }
     pub fn tokens(&self) -> usize {
         self.m
@@ -521,17 +590,24 @@ impl Prepare {
     }
     /// The batched quantization this dispatch performs.
     pub fn quant(&self) -> BatchedTokenGroupQuant {
-        BatchedTokenGroupQuant { e: self.e, t: self.t, k: self.k, fmt: self.fmt }
+        BatchedTokenGroupQuant {
+            e: self.e,
+            t: self.t,
+            k: self.k,
+            fmt: self.fmt,
+        }
     }
     /// Validates the buffers and routes the tokens.
     pub fn check(&self, x: &[bf16], topk_ids: &[i32], a1q: &[u8], a1s: &ScalesMut<'_>, counts: &[i32]) -> Result<Routing> {
+        // Every buffer first: routing allocates O(E), and a caller cannot pass buffers for an
+        // absurd E.
         check_len("x", x.len(), &[self.m, self.k])?;
-        let routing = Routing::new(topk_ids, self.m, self.topk, self.e, self.t)?;
+        check_len("topk_ids", topk_ids.len(), &[self.m, self.topk])?;
         check_len("a1q", a1q.len(), &[self.e, self.t, self.k])?;
         let sh = self.quant().scale_shape();
         a1s.check("a1s", self.fmt, sh.iter().product(), &sh)?;
         check_len("counts", counts.len(), &[self.e])?;
-        Ok(routing)
+        Routing::new(topk_ids, self.m, self.topk, self.e, self.t)
     }
 }
 
@@ -554,7 +630,13 @@ impl Finalize {
         product("out", &[m, k])?;
         product("topk_ids", &[m, topk])?;
         product("expert_out", &[experts, capacity, k])?;
-        Ok(Self { m, k, topk, e: experts, t: capacity })
+        Ok(Self {
+            m,
+            k,
+            topk,
+            e: experts,
+            t: capacity,
+        })
     }
     pub fn tokens(&self) -> usize {
         self.m
@@ -574,10 +656,10 @@ impl Finalize {
     /// Validates the buffers and routes the tokens.
     pub fn check(&self, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &[bf16]) -> Result<Routing> {
         check_len("expert_out", expert_out.len(), &[self.e, self.t, self.k])?;
-        let routing = Routing::new(topk_ids, self.m, self.topk, self.e, self.t)?;
+        check_len("topk_ids", topk_ids.len(), &[self.m, self.topk])?;
         check_len("topk_weights", topk_weights.len(), &[self.m, self.topk])?;
         check_len("out", out.len(), &[self.m, self.k])?;
-        Ok(routing)
+        Routing::new(topk_ids, self.m, self.topk, self.e, self.t)
     }
 }
 
@@ -585,16 +667,29 @@ impl Finalize {
 ///
 /// Expert `e` receives, in ascending token order, every token `m` with `e` in `topk_ids[m]`,
 /// once per expert however often it is listed; `-1` means "not routed".
+/// Memory is `O(E + M·topk)`; the `O(E)` tables are reserved fallibly, so an absurd `E` is a
+/// [`ProblemError::TooLarge`], never an allocation abort.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routing {
-    experts: usize,
     topk: usize,
     /// Live rows per expert.
     counts: Vec<i32>,
     /// For each `(m, j)`: the row of token `m` in expert `topk_ids[m, j]`, or -1 if not routed.
     rows: Vec<i32>,
-    /// For each expert, its tokens in ascending order (length `counts[e]`).
-    tokens: Vec<Vec<u32>>,
+    /// The tokens of every expert, ascending, expert after expert.
+    order: Vec<u32>,
+    /// `order[offsets[e]..offsets[e + 1]]` are the tokens of expert `e`.
+    offsets: Vec<usize>,
+}
+
+fn table<T: Clone>(len: usize, fill: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| ProblemError::TooLarge {
+        tensor: "topk_ids",
+        elements: len as u128,
+    })?;
+    v.resize(len, fill);
+    Ok(v)
 }
 
 impl Routing {
@@ -602,36 +697,66 @@ impl Routing {
     /// tokens are errors.
     pub fn new(topk_ids: &[i32], m: usize, topk: usize, experts: usize, capacity: usize) -> Result<Self> {
         check_len("topk_ids", topk_ids.len(), &[m, topk])?;
-        let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); experts];
-        let mut rows = vec![-1i32; m * topk];
+        let mut counts: Vec<i32> = table(experts, 0)?;
+        let mut rows = vec![-1i32; topk_ids.len()];
         for tok in 0..m {
             let ids = &topk_ids[tok * topk..(tok + 1) * topk];
             for (j, &id) in ids.iter().enumerate() {
                 if id < -1 || id as i64 >= experts as i64 {
-                    return Err(ProblemError::TopkId { token: tok, slot: j, id: id as i64, experts });
+                    return Err(ProblemError::TopkId {
+                        token: tok,
+                        slot: j,
+                        id: id as i64,
+                        experts,
+                    });
                 }
                 if id == -1 {
                     continue;
                 }
-                let list = &mut tokens[id as usize];
-                // Ascending token order: the token is already listed iff it is the last entry.
-                if list.last() != Some(&(tok as u32)) {
-                    list.push(tok as u32);
-                }
-                rows[tok * topk + j] = (list.len() - 1) as i32;
+                // A token listed twice for one expert takes one row: that of its first slot.
+                rows[tok * topk + j] = match ids[..j].iter().position(|&p| p == id) {
+                    Some(first) => rows[tok * topk + first],
+                    None => {
+                        let c = &mut counts[id as usize];
+                        if *c as usize == capacity {
+                            let total = topk_ids
+                                .iter()
+                                .enumerate()
+                                .filter(|&(i, &v)| v == id && !topk_ids[(i / topk) * topk..i].contains(&id))
+                                .count();
+                            return Err(ProblemError::Overflow {
+                                expert: id as usize,
+                                count: total,
+                                capacity,
+                            });
+                        }
+                        *c += 1;
+                        *c - 1
+                    }
+                };
             }
         }
-        for (expert, list) in tokens.iter().enumerate() {
-            if list.len() > capacity {
-                return Err(ProblemError::Overflow { expert, count: list.len(), capacity });
+        let mut offsets: Vec<usize> = table(experts + 1, 0)?;
+        for e in 0..experts {
+            offsets[e + 1] = offsets[e] + counts[e] as usize;
+        }
+        let mut order = vec![0u32; offsets[experts]];
+        for (i, &id) in topk_ids.iter().enumerate() {
+            if id >= 0 && !topk_ids[(i / topk) * topk..i].contains(&id) {
+                order[offsets[id as usize] + rows[i] as usize] = (i / topk) as u32;
             }
         }
-        let counts = tokens.iter().map(|l| l.len() as i32).collect();
-        Ok(Self { experts, topk, counts, rows, tokens })
+        Ok(Self {
+            topk,
+            counts,
+            rows,
+            order,
+            offsets,
+        })
     }
     /// Number of experts.
     pub fn experts(&self) -> usize {
-        self.experts
+        self.counts.len()
     }
     /// Live rows per expert.
     pub fn counts(&self) -> &[i32] {
@@ -639,7 +764,7 @@ impl Routing {
     }
     /// The tokens of expert `e`, ascending.
     pub fn tokens(&self, e: usize) -> &[u32] {
-        &self.tokens[e]
+        &self.order[self.offsets[e]..self.offsets[e + 1]]
     }
     /// The row of token `m` in the expert of its slot `j`, or `None` if the slot is `-1`.
     pub fn row(&self, m: usize, j: usize) -> Option<usize> {
@@ -659,15 +784,40 @@ mod tests {
     #[test]
     fn k_not_multiple_of_128_names_tensor_and_dim() {
         let e = TokenGroupQuant::new(4, 130, ScaleFormat::F32, ScaleLayout::RowMajor).unwrap_err();
-        assert_eq!(e, ProblemError::NotMultiple { tensor: "x", dim: "K", got: 130, multiple: 128 });
+        assert_eq!(
+            e,
+            ProblemError::NotMultiple {
+                tensor: "x",
+                dim: "K",
+                got: 130,
+                multiple: 128
+            }
+        );
         assert!(e.to_string().contains("`x`") && e.to_string().contains("`K`"));
     }
 
     #[test]
     fn counts_outside_range_are_rejected() {
-        assert_eq!(check_counts(&[0, 5, 3], 3, 4), Err(ProblemError::Count { expert: 1, count: 5, capacity: 4 }));
-        assert_eq!(check_counts(&[-1], 1, 4), Err(ProblemError::Count { expert: 0, count: -1, capacity: 4 }));
-        assert!(matches!(check_counts(&[0, 1], 3, 4), Err(ProblemError::Len { tensor: "counts", .. })));
+        assert_eq!(
+            check_counts(&[0, 5, 3], 3, 4),
+            Err(ProblemError::Count {
+                expert: 1,
+                count: 5,
+                capacity: 4
+            })
+        );
+        assert_eq!(
+            check_counts(&[-1], 1, 4),
+            Err(ProblemError::Count {
+                expert: 0,
+                count: -1,
+                capacity: 4
+            })
+        );
+        assert!(matches!(
+            check_counts(&[0, 1], 3, 4),
+            Err(ProblemError::Len { tensor: "counts", .. })
+        ));
         assert!(check_counts(&[0, 4, 2], 3, 4).is_ok());
     }
 
@@ -680,9 +830,46 @@ mod tests {
         assert_eq!(r.tokens(0), &[0, 2]);
         assert_eq!(r.tokens(1), &[0, 1]);
         assert_eq!(r.rows(), &[0, 0, 1, 1, -1, 1]);
-        assert_eq!(Routing::new(&ids, 3, 2, 2, 1), Err(ProblemError::Overflow { expert: 0, count: 2, capacity: 1 }));
-        assert_eq!(Routing::new(&[0, 2], 1, 2, 2, 4), Err(ProblemError::TopkId { token: 0, slot: 1, id: 2, experts: 2 }));
-        assert_eq!(Routing::new(&[-2, 0], 1, 2, 2, 4), Err(ProblemError::TopkId { token: 0, slot: 0, id: -2, experts: 2 }));
+        // The first expert to overflow, scanning tokens in order, with its full count.
+        assert_eq!(
+            Routing::new(&ids, 3, 2, 2, 1),
+            Err(ProblemError::Overflow {
+                expert: 1,
+                count: 2,
+                capacity: 1
+            })
+        );
+        assert_eq!(
+            Routing::new(&[0, 0, 0, -1, 0, 1], 3, 2, 2, 2),
+            Err(ProblemError::Overflow {
+                expert: 0,
+                count: 3,
+                capacity: 2
+            })
+        );
+        // An absurd number of experts is an error, not an allocation abort.
+        assert!(matches!(
+            Routing::new(&[], 0, 1, usize::MAX / 2, 1),
+            Err(ProblemError::TooLarge { .. })
+        ));
+        assert_eq!(
+            Routing::new(&[0, 2], 1, 2, 2, 4),
+            Err(ProblemError::TopkId {
+                token: 0,
+                slot: 1,
+                id: 2,
+                experts: 2
+            })
+        );
+        assert_eq!(
+            Routing::new(&[-2, 0], 1, 2, 2, 4),
+            Err(ProblemError::TopkId {
+                token: 0,
+                slot: 0,
+                id: -2,
+                experts: 2
+            })
+        );
     }
 
     #[test]

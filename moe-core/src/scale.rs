@@ -276,7 +276,14 @@ impl ScaleBuf {
     }
 }
 
-fn check_kind_len(tensor: &'static str, fmt: ScaleFormat, packed: bool, len: usize, expected: usize, shape: &[usize]) -> Result<(), ProblemError> {
+fn check_kind_len(
+    tensor: &'static str,
+    fmt: ScaleFormat,
+    packed: bool,
+    len: usize,
+    expected: usize,
+    shape: &[usize],
+) -> Result<(), ProblemError> {
     if packed != fmt.is_packed() {
         return Err(ProblemError::ScaleKind {
             tensor,

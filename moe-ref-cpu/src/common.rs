@@ -15,7 +15,16 @@ pub(crate) fn vllm_consts() -> (f32, f32) {
 /// the words first).
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub(crate) fn store_scale(s: &mut ScalesMut<'_>, fmt: ScaleFormat, layout: ScaleLayout, rows: usize, groups: usize, r: usize, g: usize, sc: f32) {
+pub(crate) fn store_scale(
+    s: &mut ScalesMut<'_>,
+    fmt: ScaleFormat,
+    layout: ScaleLayout,
+    rows: usize,
+    groups: usize,
+    r: usize,
+    g: usize,
+    sc: f32,
+) {
     match s {
         ScalesMut::F32(v) => v[layout.index(rows, groups, r, g)] = sc,
         ScalesMut::Packed(w) => {

@@ -12,9 +12,10 @@ use half::bf16;
 use moe_core::format::{bf16_out, ceil_pow2, e4m3_from_f32, round_bf16};
 use moe_core::math::{exp_f32, vllm_ceil_pow2_bf16};
 use moe_core::{
-    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GroupedGemm, MoeResult, Numerics, Prepare, ScaleFormat, ScaleLayout, Scales,
-    ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
+    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GroupedGemm, MoeResult, Numerics, Prepare,
+    ScaleFormat, ScaleLayout, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
+use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -41,12 +42,16 @@ impl CpuBackend {
 
     /// Runs on a new pool of `threads` threads.
     pub fn with_threads(threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
-        Ok(Self::with_pool(Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?)))
+        Ok(Self::with_pool(Arc::new(
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build()?,
+        )))
     }
 
     /// Number of threads this backend uses.
     pub fn threads(&self) -> usize {
-        self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+        self.pool
+            .as_ref()
+            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
     }
 
     pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -78,7 +83,7 @@ impl CpuBackend {
 }
 
 /// §5.1 quantization of one group held in `v`: returns the scale.
-#[inline]
+#[inline(always)]
 fn quant_group(v: &[f32; GROUP], ceil: bool, q: &mut [u8]) -> f32 {
     let mut amax = 1e-10f32;
     for &x in v {
@@ -113,15 +118,42 @@ fn quant_rows_par(x: &Activation<'_>, k: usize, ceil: bool, q: &mut [u8], x_off:
     let groups = k / GROUP;
     let rows = q.len() / k;
     let mut scales = vec![0f32; rows * groups];
-    q.par_chunks_mut(k).zip(scales.par_chunks_mut(groups)).enumerate().with_min_len(4).for_each(|(r, (qr, sr))| {
-        let mut v = [0f32; GROUP];
-        let base = x_off(r);
-        for g in 0..groups {
-            load_group(x, base + g * GROUP, &mut v);
-            sr[g] = quant_group(&v, ceil, &mut qr[g * GROUP..(g + 1) * GROUP]);
-        }
-    });
+    q.par_chunks_mut(k)
+        .zip(scales.par_chunks_mut(groups))
+        .enumerate()
+        .with_min_len(4)
+        .for_each(|(r, (qr, sr))| {
+            Arch::new().dispatch(QuantRow {
+                x,
+                base: x_off(r),
+                qr,
+                sr,
+                ceil,
+            });
+        });
     scales
+}
+
+/// §5.1 quantization of one row, compiled for the CPU's widest vectors by `pulp`.
+struct QuantRow<'a> {
+    x: &'a Activation<'a>,
+    base: usize,
+    qr: &'a mut [u8],
+    sr: &'a mut [f32],
+    ceil: bool,
+}
+
+impl WithSimd for QuantRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let mut v = [0f32; GROUP];
+        for (g, sc) in self.sr.iter_mut().enumerate() {
+            load_group(self.x, self.base + g * GROUP, &mut v);
+            *sc = quant_group(&v, self.ceil, &mut self.qr[g * GROUP..(g + 1) * GROUP]);
+        }
+    }
 }
 
 fn expert_scales<'s>(s: &'s mut ScalesMut<'_>, e: usize, len: usize) -> ScalesMut<'s> {
@@ -142,7 +174,7 @@ fn scatter_mn(se: &mut ScalesMut<'_>, fmt: ScaleFormat, t_cap: usize, groups: us
 }
 
 /// VllmBf16 SiLU-mul of one group: `v = bf16(bf16(silu(gate)) · up)`.
-#[inline]
+#[inline(always)]
 fn silu_mul_group(gate: &[bf16], up: &[bf16], numerics: Numerics, v: &mut [f32; GROUP]) {
     let gate: &[bf16; GROUP] = gate.try_into().expect("group");
     let up: &[bf16; GROUP] = up.try_into().expect("group");
@@ -186,7 +218,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation<'_>, counts: &[i32], q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+    fn batched_token_group_quant(
+        &self,
+        p: &BatchedTokenGroupQuant,
+        x: Activation<'_>,
+        counts: &[i32],
+        q: &mut [u8],
+        mut s: ScalesMut<'_>,
+    ) -> MoeResult<()> {
         p.check(&x, counts, q, &s)?;
         let (t_cap, k, groups, fmt) = (p.capacity(), p.k(), p.groups(), p.scale_format());
         let per_expert = fmt.columns(groups) * t_cap;
@@ -209,29 +248,30 @@ impl Backend for CpuBackend {
             for qe in q.chunks_mut(r_dim * c_dim) {
                 q_parts.extend(qe.chunks_mut(GROUP * c_dim));
             }
-            q_parts.into_par_iter().zip(s.par_chunks_mut(cbs)).zip(tasks).for_each(|((qb, sb), (e, rb))| {
-                let rows = qb.len() / c_dim;
-                let base = (e * r_dim + rb * GROUP) * c_dim;
-                for cb in 0..cbs {
-                    let cols = (cb * GROUP..((cb + 1) * GROUP).min(c_dim)).len();
-                    let mut amax = 1e-4f32;
-                    for r in 0..rows {
-                        for c in cb * GROUP..cb * GROUP + cols {
-                            amax = amax.max(w.get(base + r * c_dim + c).abs());
-                        }
+            q_parts
+                .into_par_iter()
+                .zip(s.par_chunks_mut(cbs))
+                .zip(tasks)
+                .for_each(|((qb, sb), (e, rb))| {
+                    let rows = qb.len() / c_dim;
+                    let base = (e * r_dim + rb * GROUP) * c_dim;
+                    match w {
+                        Activation::Bf16(x) => Arch::new().dispatch(BlockRow {
+                            w: &x[base..base + rows * c_dim],
+                            c_dim,
+                            qb,
+                            sb,
+                            pow2,
+                        }),
+                        Activation::F32(x) => Arch::new().dispatch(BlockRow {
+                            w: &x[base..base + rows * c_dim],
+                            c_dim,
+                            qb,
+                            sb,
+                            pow2,
+                        }),
                     }
-                    let mut sc = amax / E4M3_MAX;
-                    if pow2 {
-                        sc = ceil_pow2(sc);
-                    }
-                    for r in 0..rows {
-                        for c in cb * GROUP..cb * GROUP + cols {
-                            qb[r * c_dim + c] = e4m3_from_f32(w.get(base + r * c_dim + c) / sc);
-                        }
-                    }
-                    sb[cb] = sc;
-                }
-            });
+                });
         });
         Ok(())
     }
@@ -246,47 +286,52 @@ impl Backend for CpuBackend {
             let live = counts[e] as usize;
             let mut rows = vec![0f32; live * groups];
             self.install(|| {
-                qe[..live * h].par_chunks_mut(h).zip(rows.par_chunks_mut(groups)).enumerate().for_each(|(t, (qr, sr))| {
-                    let yr = &y[(e * t_cap + t) * 2 * h..][..2 * h];
-                    let mut v = [0f32; GROUP];
-                    for g in 0..groups {
-                        let qg = &mut qr[g * GROUP..(g + 1) * GROUP];
-                        silu_mul_group(&yr[g * GROUP..][..GROUP], &yr[h + g * GROUP..][..GROUP], numerics, &mut v);
-                        sr[g] = match numerics {
-                            Numerics::F32 => quant_group(&v, ceil, qg),
-                            Numerics::VllmBf16 => {
-                                let mut amax = eps_bf16;
-                                for &x in &v {
-                                    amax = amax.max(x.abs());
-                                }
-                                let mut sb = bf16::from_f32(amax * inv448_bf16);
-                                if ceil {
-                                    sb = vllm_ceil_pow2_bf16(sb);
-                                }
-                                let sc = sb.to_f32();
-                                let inv = round_bf16(1.0 / sc);
-                                let qg: &mut [u8; GROUP] = qg.try_into().expect("group");
-                                for i in 0..GROUP {
-                                    qg[i] = e4m3_from_f32(round_bf16(v[i] * inv).clamp(-E4M3_MAX, E4M3_MAX));
-                                }
-                                sc
-                            }
-                        };
-                    }
-                });
+                qe[..live * h]
+                    .par_chunks_mut(h)
+                    .zip(rows.par_chunks_mut(groups))
+                    .enumerate()
+                    .for_each(|(t, (qr, sr))| {
+                        let yr = &y[(e * t_cap + t) * 2 * h..][..2 * h];
+                        Arch::new().dispatch(SiluRow {
+                            yr,
+                            qr,
+                            sr,
+                            numerics,
+                            ceil,
+                            eps_bf16,
+                            inv448_bf16,
+                        });
+                    });
             });
             scatter_mn(&mut expert_scales(&mut s, e, per_expert), fmt, t_cap, groups, &rows, live);
         }
         Ok(())
     }
 
-    fn grouped_gemm(&self, p: &GroupedGemm, a: &[u8], sa: Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32], d: &mut [bf16]) -> MoeResult<()> {
+    fn grouped_gemm(
+        &self,
+        p: &GroupedGemm,
+        a: &[u8],
+        sa: Scales<'_>,
+        b: &[u8],
+        sb: &[f32],
+        counts: &[i32],
+        d: &mut [bf16],
+    ) -> MoeResult<()> {
         p.check(a, &sa, b, sb, counts, d)?;
         self.install(|| crate::gemm::grouped_gemm(p, a, sa, b, sb, counts, d, None));
         Ok(())
     }
 
-    fn prepare(&self, p: &Prepare, x: &[bf16], topk_ids: &[i32], a1q: &mut [u8], mut a1s: ScalesMut<'_>, counts: &mut [i32]) -> MoeResult<()> {
+    fn prepare(
+        &self,
+        p: &Prepare,
+        x: &[bf16],
+        topk_ids: &[i32],
+        a1q: &mut [u8],
+        mut a1s: ScalesMut<'_>,
+        counts: &mut [i32],
+    ) -> MoeResult<()> {
         let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
         let (t_cap, k, fmt) = (p.capacity(), p.k(), p.scale_format());
         let groups = k / GROUP;
@@ -306,20 +351,16 @@ impl Backend for CpuBackend {
         let (k, topk, t_cap) = (p.k(), p.topk(), p.capacity());
         self.install(|| {
             out.par_chunks_mut(k).enumerate().with_min_len(4).for_each(|(m, o)| {
-                let mut acc = vec![0f32; k];
-                for j in 0..topk {
-                    if let Some(row) = routing.row(m, j) {
-                        let e = topk_ids[m * topk + j] as usize;
-                        let w = topk_weights[m * topk + j];
-                        let src = &expert_out[(e * t_cap + row) * k..][..k];
-                        for (a, v) in acc.iter_mut().zip(src) {
-                            *a = w.mul_add(v.to_f32(), *a);
-                        }
-                    }
-                }
-                for (o, a) in o.iter_mut().zip(&acc) {
-                    *o = bf16_out(*a);
-                }
+                Arch::new().dispatch(FinalizeRow {
+                    routing: &routing,
+                    m,
+                    topk,
+                    t_cap,
+                    expert_out,
+                    topk_ids,
+                    topk_weights,
+                    o,
+                });
             });
         });
         Ok(())
@@ -327,3 +368,165 @@ impl Backend for CpuBackend {
 }
 
 impl BatchedExperts for CpuBackend {}
+
+/// SiLU-mul-quant of one row, compiled for the CPU's widest vectors by `pulp` (results do not
+/// depend on the instruction set: Rust neither contracts nor reorders f32 arithmetic).
+struct SiluRow<'a> {
+    yr: &'a [bf16],
+    qr: &'a mut [u8],
+    sr: &'a mut [f32],
+    numerics: Numerics,
+    ceil: bool,
+    eps_bf16: f32,
+    inv448_bf16: f32,
+}
+
+impl WithSimd for SiluRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let SiluRow {
+            yr,
+            qr,
+            sr,
+            numerics,
+            ceil,
+            eps_bf16,
+            inv448_bf16,
+        } = self;
+        let h = qr.len();
+        let mut v = [0f32; GROUP];
+        for (g, sc) in sr.iter_mut().enumerate() {
+            let qg = &mut qr[g * GROUP..(g + 1) * GROUP];
+            silu_mul_group(&yr[g * GROUP..][..GROUP], &yr[h + g * GROUP..][..GROUP], numerics, &mut v);
+            *sc = match numerics {
+                Numerics::F32 => quant_group(&v, ceil, qg),
+                Numerics::VllmBf16 => {
+                    let mut amax = eps_bf16;
+                    for &x in &v {
+                        amax = amax.max(x.abs());
+                    }
+                    let mut sb = bf16::from_f32(amax * inv448_bf16);
+                    if ceil {
+                        sb = vllm_ceil_pow2_bf16(sb);
+                    }
+                    let scale = sb.to_f32();
+                    let inv = round_bf16(1.0 / scale);
+                    let qg: &mut [u8; GROUP] = qg.try_into().expect("group");
+                    for i in 0..GROUP {
+                        qg[i] = e4m3_from_f32(round_bf16(v[i] * inv).clamp(-E4M3_MAX, E4M3_MAX));
+                    }
+                    scale
+                }
+            };
+        }
+    }
+}
+
+/// Finalize of one token, compiled for the CPU's widest vectors by `pulp` (the f32 `mul_add`
+/// becomes one fused instruction; the result is the same on every instruction set).
+struct FinalizeRow<'a> {
+    routing: &'a moe_core::Routing,
+    m: usize,
+    topk: usize,
+    t_cap: usize,
+    expert_out: &'a [bf16],
+    topk_ids: &'a [i32],
+    topk_weights: &'a [f32],
+    o: &'a mut [bf16],
+}
+
+impl WithSimd for FinalizeRow<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let FinalizeRow {
+            routing,
+            m,
+            topk,
+            t_cap,
+            expert_out,
+            topk_ids,
+            topk_weights,
+            o,
+        } = self;
+        let k = o.len();
+        let mut acc = vec![0f32; k];
+        for j in 0..topk {
+            if let Some(row) = routing.row(m, j) {
+                let e = topk_ids[m * topk + j] as usize;
+                let w = topk_weights[m * topk + j];
+                let src = &expert_out[(e * t_cap + row) * k..][..k];
+                for (a, v) in acc.iter_mut().zip(src) {
+                    *a = w.mul_add(v.to_f32(), *a);
+                }
+            }
+        }
+        for (o, a) in o.iter_mut().zip(&acc) {
+            *o = bf16_out(*a);
+        }
+    }
+}
+
+/// One 128-row band of a weight matrix (all its 128×128 blocks), compiled for the CPU's widest
+/// vectors by `pulp`.
+struct BlockRow<'a, T> {
+    w: &'a [T],
+    c_dim: usize,
+    qb: &'a mut [u8],
+    sb: &'a mut [f32],
+    pow2: bool,
+}
+
+/// An input element type of the quantizers.
+trait Elem: Copy + Send + Sync {
+    fn f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl<T: Elem> WithSimd for BlockRow<'_, T> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let BlockRow { w, c_dim, qb, sb, pow2 } = self;
+        let rows = w.len() / c_dim;
+        // Column-block maxima over all rows of the band (maxNum is order-independent), then the codes.
+        let mut amax = vec![1e-4f32; sb.len()];
+        for r in 0..rows {
+            for (m, chunk) in amax.iter_mut().zip(w[r * c_dim..(r + 1) * c_dim].chunks(GROUP)) {
+                for &x in chunk {
+                    *m = m.max(x.f32().abs());
+                }
+            }
+        }
+        for (sc, m) in sb.iter_mut().zip(&amax) {
+            let v = *m / E4M3_MAX;
+            *sc = if pow2 { ceil_pow2(v) } else { v };
+        }
+        for r in 0..rows {
+            let src = &w[r * c_dim..(r + 1) * c_dim];
+            let dst = &mut qb[r * c_dim..(r + 1) * c_dim];
+            for ((d, x), &sc) in dst.chunks_mut(GROUP).zip(src.chunks(GROUP)).zip(sb.iter()) {
+                for (o, &v) in d.iter_mut().zip(x) {
+                    *o = e4m3_from_f32(v.f32() / sc);
+                }
+            }
+        }
+    }
+}

@@ -6,8 +6,8 @@ use half::bf16;
 use moe_core::format::{bf16_out, ceil_pow2, e4m3_from_f32, e4m3_to_f32, round_bf16};
 use moe_core::math::{silu_f32, vllm_ceil_pow2_bf16};
 use moe_core::{
-    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GroupedGemm, MoeResult, Numerics, Prepare, ScaleFormat, ScaleLayout, Scales,
-    ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
+    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GroupedGemm, MoeResult, Numerics, Prepare,
+    ScaleFormat, ScaleLayout, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 
 use crate::common::{store_scale, vllm_consts};
@@ -126,11 +126,20 @@ impl Backend for NaiveCpu {
         if let ScalesMut::Packed(w) = &mut s {
             w.fill(0);
         }
-        quant_rows(&x, rows, p.k(), fmt, q, |r, g, sc| store_scale(&mut s, fmt, layout, rows, groups, r, g, sc));
+        quant_rows(&x, rows, p.k(), fmt, q, |r, g, sc| {
+            store_scale(&mut s, fmt, layout, rows, groups, r, g, sc)
+        });
         Ok(())
     }
 
-    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation<'_>, counts: &[i32], q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+    fn batched_token_group_quant(
+        &self,
+        p: &BatchedTokenGroupQuant,
+        x: Activation<'_>,
+        counts: &[i32],
+        q: &mut [u8],
+        mut s: ScalesMut<'_>,
+    ) -> MoeResult<()> {
         p.check(&x, counts, q, &s)?;
         let (t_cap, k, groups, fmt) = (p.capacity(), p.k(), p.groups(), p.scale_format());
         let cols = fmt.columns(groups);
@@ -236,13 +245,30 @@ impl Backend for NaiveCpu {
         Ok(())
     }
 
-    fn grouped_gemm(&self, p: &GroupedGemm, a: &[u8], sa: Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32], d: &mut [bf16]) -> MoeResult<()> {
+    fn grouped_gemm(
+        &self,
+        p: &GroupedGemm,
+        a: &[u8],
+        sa: Scales<'_>,
+        b: &[u8],
+        sb: &[f32],
+        counts: &[i32],
+        d: &mut [bf16],
+    ) -> MoeResult<()> {
         p.check(a, &sa, b, sb, counts, d)?;
         gemm(p, a, sa, b, sb, counts, d, None);
         Ok(())
     }
 
-    fn prepare(&self, p: &Prepare, x: &[bf16], topk_ids: &[i32], a1q: &mut [u8], mut a1s: ScalesMut<'_>, counts: &mut [i32]) -> MoeResult<()> {
+    fn prepare(
+        &self,
+        p: &Prepare,
+        x: &[bf16],
+        topk_ids: &[i32],
+        a1q: &mut [u8],
+        mut a1s: ScalesMut<'_>,
+        counts: &mut [i32],
+    ) -> MoeResult<()> {
         let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
         let (t_cap, k, fmt) = (p.capacity(), p.k(), p.scale_format());
         let groups = k / GROUP;

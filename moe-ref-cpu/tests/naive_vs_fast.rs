@@ -41,7 +41,11 @@ impl Rng {
 }
 
 fn backends() -> Vec<CpuBackend> {
-    vec![CpuBackend::new(), CpuBackend::with_threads(1).unwrap(), CpuBackend::with_threads(3).unwrap()]
+    vec![
+        CpuBackend::new(),
+        CpuBackend::with_threads(1).unwrap(),
+        CpuBackend::with_threads(3).unwrap(),
+    ]
 }
 
 const POISON: u8 = 0xA5;
@@ -100,11 +104,14 @@ fn batched_quant_silu_and_gemm_agree_and_leave_dead_rows_untouched() {
         let slen: usize = p.scale_shape().iter().product();
         let mut q0 = vec![POISON; e * t * k];
         let mut s0 = scale_buf(fmt, slen);
-        NaiveCpu.batched_token_group_quant(&p, Activation::Bf16(&x), &counts, &mut q0, s0.view_mut()).unwrap();
+        NaiveCpu
+            .batched_token_group_quant(&p, Activation::Bf16(&x), &counts, &mut q0, s0.view_mut())
+            .unwrap();
         for be in backends() {
             let mut q1 = vec![POISON; e * t * k];
             let mut s1 = scale_buf(fmt, slen);
-            be.batched_token_group_quant(&p, Activation::Bf16(&x), &counts, &mut q1, s1.view_mut()).unwrap();
+            be.batched_token_group_quant(&p, Activation::Bf16(&x), &counts, &mut q1, s1.view_mut())
+                .unwrap();
             same(&q0, &q1, "q");
             same(&s0.to_bits(), &s1.to_bits(), "s");
         }
@@ -147,11 +154,14 @@ fn batched_quant_silu_and_gemm_agree_and_leave_dead_rows_untouched() {
         let poison = bf16::from_bits(0x7FA5);
         let mut d0 = vec![poison; e * t * n];
         let mut bound0 = vec![0f64; e * t * n];
-        NaiveCpu.grouped_gemm_with_bound(&p, &a, sa.view(), &b, &sb, &counts, &mut d0, &mut bound0).unwrap();
+        NaiveCpu
+            .grouped_gemm_with_bound(&p, &a, sa.view(), &b, &sb, &counts, &mut d0, &mut bound0)
+            .unwrap();
         for be in backends() {
             let mut d1 = vec![poison; e * t * n];
             let mut bound1 = vec![0f64; e * t * n];
-            be.grouped_gemm_with_bound(&p, &a, sa.view(), &b, &sb, &counts, &mut d1, &mut bound1).unwrap();
+            be.grouped_gemm_with_bound(&p, &a, sa.view(), &b, &sb, &counts, &mut d1, &mut bound1)
+                .unwrap();
             let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             same(&bits(&d0), &bits(&d1), "d");
             assert!(bound0.iter().zip(&bound1).all(|(x, y)| x.to_bits() == y.to_bits()), "bounds differ");
@@ -179,7 +189,10 @@ fn block_quant_agrees_with_ragged_edges() {
             let mut s1 = vec![0f32; sl];
             be.block_quant(&p, Activation::F32(&w), &mut q1, &mut s1).unwrap();
             assert_eq!(q0, q1);
-            assert_eq!(s0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            assert_eq!(
+                s0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
         }
     }
 }
@@ -213,7 +226,10 @@ fn prepare_and_finalize_agree() {
     for be in backends() {
         let mut o1 = vec![bf16::ZERO; m * k];
         be.finalize(&p, &eo, &ids, &w, &mut o1).unwrap();
-        assert_eq!(o0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), o1.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            o0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            o1.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -227,14 +243,18 @@ fn known_answers_from_the_spec() {
     x[2] = 1.0;
     let mut q = vec![0u8; 128];
     let mut s = vec![0f32; 1];
-    CpuBackend::new().token_group_quant(&p, Activation::F32(&x), &mut q, ScalesMut::F32(&mut s)).unwrap();
+    CpuBackend::new()
+        .token_group_quant(&p, Activation::F32(&x), &mut q, ScalesMut::F32(&mut s))
+        .unwrap();
     assert_eq!(s[0], 2.0);
     assert_eq!(e4m3_to_f32(q[0]), 448.0);
     assert_eq!(e4m3_to_f32(q[1]), -1.5);
     assert_eq!(e4m3_to_f32(q[2]), 0.5);
     // An all-zero group takes the epsilon path: scale 1e-10/448, all codes zero.
     let mut s = vec![0f32; 1];
-    CpuBackend::new().token_group_quant(&p, Activation::F32(&[0.0; 128]), &mut q, ScalesMut::F32(&mut s)).unwrap();
+    CpuBackend::new()
+        .token_group_quant(&p, Activation::F32(&[0.0; 128]), &mut q, ScalesMut::F32(&mut s))
+        .unwrap();
     assert_eq!(s[0], 1e-10f32 / 448.0);
     assert!(q.iter().all(|&b| b == 0));
 
@@ -243,7 +263,9 @@ fn known_answers_from_the_spec() {
     let a = vec![e4m3_from_f32(1.0); 128];
     let b = vec![e4m3_from_f32(0.5); 128 * 128];
     let mut d = vec![bf16::ZERO; 128];
-    NaiveCpu.grouped_gemm(&p, &a, Scales::F32(&[2.0]), &b, &[0.25], &[1], &mut d).unwrap();
+    NaiveCpu
+        .grouped_gemm(&p, &a, Scales::F32(&[2.0]), &b, &[0.25], &[1], &mut d)
+        .unwrap();
     assert!(d.iter().all(|v| v.to_f32() == 32.0), "{}", d[0]);
 }
 
@@ -255,7 +277,14 @@ fn bad_input_is_rejected_before_any_write() {
         let mut q = vec![POISON; 2 * 4 * 128];
         let mut s = vec![0f32; 8];
         let e = be.silu_mul_quant(&p, &y, &[1, 5], &mut q, ScalesMut::F32(&mut s)).unwrap_err();
-        assert_eq!(e, MoeError::Problem(ProblemError::Count { expert: 1, count: 5, capacity: 4 }));
+        assert_eq!(
+            e,
+            MoeError::Problem(ProblemError::Count {
+                expert: 1,
+                count: 5,
+                capacity: 4
+            })
+        );
         assert!(q.iter().all(|&b| b == POISON), "nothing written");
         let e = be.silu_mul_quant(&p, &y[1..], &[1, 1], &mut q, ScalesMut::F32(&mut s)).unwrap_err();
         assert_eq!(e.as_problem().map(|p| p.tensor()), Some("y"));
@@ -268,7 +297,16 @@ fn bad_input_is_rejected_before_any_write() {
     let mut q = vec![POISON; 2 * 128];
     let mut s = vec![0f32; 2];
     let mut c = vec![0; 2];
-    let e = CpuBackend::new().prepare(&p, &x, &[0, 1, 0, -1, 1, -1], &mut q, ScalesMut::F32(&mut s), &mut c).unwrap_err();
-    assert_eq!(e, MoeError::Problem(ProblemError::Overflow { expert: 0, count: 2, capacity: 1 }));
+    let e = CpuBackend::new()
+        .prepare(&p, &x, &[0, 1, 0, -1, 1, -1], &mut q, ScalesMut::F32(&mut s), &mut c)
+        .unwrap_err();
+    assert_eq!(
+        e,
+        MoeError::Problem(ProblemError::Overflow {
+            expert: 0,
+            count: 2,
+            capacity: 1
+        })
+    );
     assert!(q.iter().all(|&b| b == POISON));
 }

@@ -1,18 +1,59 @@
-//! `cargo xtask ci`: what CI runs, cheapest first.
+//! `cargo xtask ci`: everything CI runs, cheapest first, each step timed.
+//!
+//! 1. `cargo fmt --check`
+//! 2. `cargo clippy` on the workspace, then again with the CUDA feature (no GPU needed)
+//! 3. the tests of the whole workspace (differential suites, golden vectors, CLI)
+//! 4. the exhaustive `exp_f32` and E4M3-encoder checks (all 2^32 inputs, release build)
+//! 5. `nvrtc-check`: every CUDA kernel compiled for `sm_90a` (installs NVRTC from PyPI if needed)
+//! 6. a short fuzzing smoke run of every fuzz target
+//! 7. `cargo doc` without warnings
+
+use std::time::Instant;
 
 use crate::util::{cargo, run as sh};
 
-pub fn run_ci() -> Result<(), String> {
-    sh(cargo().args(["fmt", "--all", "--check"]))?;
-    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    sh(cargo().args(["test", "--workspace"]))?;
-    crate::exp::run(&[])?;
-    // About 10 minutes on two cores (install cargo-fuzz, build the fuzz workspace, 3 x 20 s).
-    crate::fuzz::run(&["--smoke".to_string()])?;
-    sh(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
-    Ok(())
-}
+const CUDA_FEATURES: &str = "moe-cuda/cuda,moe-cli/cuda,moe-testing/cuda";
 
-pub fn run(_args: &[String]) -> Result<(), String> {
-    run_ci()
+pub fn run(args: &[String]) -> Result<(), String> {
+    let skip_fuzz = args.iter().any(|a| a == "--no-fuzz");
+    let mut steps: Vec<(&str, f64)> = Vec::new();
+    let mut step = |name: &'static str, f: &mut dyn FnMut() -> Result<(), String>| -> Result<(), String> {
+        eprintln!("\n==> {name}");
+        let t = Instant::now();
+        let r = f();
+        steps.push((name, t.elapsed().as_secs_f64()));
+        r.map_err(|e| format!("step `{name}` failed: {e}"))
+    };
+    step("fmt", &mut || sh(cargo().args(["fmt", "--all", "--check"])))?;
+    step("clippy", &mut || {
+        sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    })?;
+    step("clippy (cuda feature)", &mut || {
+        sh(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            CUDA_FEATURES,
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    step("tests", &mut || sh(cargo().args(["test", "--workspace"])))?;
+    step("exp-check (all 2^32 inputs)", &mut || {
+        sh(cargo().args(["run", "--release", "--quiet", "-p", "xtask", "--", "exp-check"]))
+    })?;
+    step("nvrtc-check (sm_90a)", &mut || crate::gpu::nvrtc_check(&[]))?;
+    if !skip_fuzz {
+        step("fuzz smoke", &mut || crate::fuzz::run(&["--smoke".to_string()]))?;
+    }
+    step("doc", &mut || {
+        sh(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))
+    })?;
+    eprintln!("\nci: all steps passed");
+    for (name, secs) in &steps {
+        eprintln!("  {name:<32} {secs:>7.1} s");
+    }
+    Ok(())
 }

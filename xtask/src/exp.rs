@@ -34,7 +34,11 @@ fn error_ulp(x: f32) -> Option<f64> {
             return Some(0.0);
         }
         let err = ((y as f64).min(f64::MAX) - t).abs() / 2f64.powi(104);
-        return if y.is_infinite() { Some(((t - f32::MAX as f64) / 2f64.powi(104)).abs() + 1.0) } else { Some(err) };
+        return if y.is_infinite() {
+            Some(((t - f32::MAX as f64) / 2f64.powi(104)).abs() + 1.0)
+        } else {
+            Some(err)
+        };
     }
     Some((y as f64 - t).abs() / ulp_at(t))
 }
@@ -80,7 +84,7 @@ pub fn run(_args: &[String]) -> Result<(), String> {
                     worst_x.store(local_x as u64, Ordering::Relaxed);
                 }
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if d % 32 == 0 {
+                if d.is_multiple_of(32) {
                     eprintln!("exp-check: {d}/{chunks} chunks, {:.0} s", start.elapsed().as_secs_f64());
                 }
             });

@@ -14,7 +14,7 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                 everything CI runs, cheapest first (fmt, clippy, tests, exhaustive exp, fuzz smoke, nvrtc check, docs)
+  ci [--no-fuzz]     everything CI runs, cheapest first (fmt, clippy, tests, exhaustive exp, nvrtc check, fuzz smoke, docs)
   exp-check          exp_f32 against float64 exp over all 2^32 f32 inputs (at most 2 ulp)
   golden [--exhaustive]
                      regenerate the golden vectors with an independent numpy/ml_dtypes oracle

@@ -1,0 +1,431 @@
+//! The grouped GEMM within the SPEC §5.3 bound (and the measured constant `c`), the experts
+//! stage stage by stage, CUDA-graph capture and replay, and device counts out of range.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::*;
+use moe_core::scale::pack_ue8m0;
+use moe_core::{
+    bf16, check_counts, Backend, BatchedExperts, Experts, ExpertsInputs, ExpertsWorkspace, GroupedGemm, MoeError, Numerics, ScaleBuf,
+    ScaleFormat, ScaleLayout, WeightsRef, GROUP,
+};
+use moe_cuda::{CountsMode, CudaExperts};
+use moe_ref_cpu::NaiveCpu;
+
+/// Activation scales `(E, cols, T)` in `fmt`: random positive f32, powers of two for the ceil
+/// formats.
+fn act_scales(rng: &mut Rng, fmt: ScaleFormat, e: usize, t: usize, groups: usize) -> ScaleBuf {
+    let vals: Vec<f32> = (0..e * groups * t)
+        .map(|_| {
+            let v = rng.value(-9, -5).abs() + 1e-6;
+            if fmt.is_ceil() {
+                moe_core::ceil_pow2(v)
+            } else {
+                v
+            }
+        })
+        .collect();
+    if fmt.is_packed() {
+        let mut words = Vec::new();
+        for ex in 0..e {
+            words.extend(pack_ue8m0(
+                &vals[ex * groups * t..(ex + 1) * groups * t],
+                t,
+                groups,
+                ScaleLayout::MnMajor,
+            ));
+        }
+        ScaleBuf::Packed(words)
+    } else {
+        ScaleBuf::F32(vals)
+    }
+}
+
+fn weight_scales(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.value(-10, -6).abs() + 1e-7).collect()
+}
+
+/// E4M3 operands of one of three kinds: every non-NaN code ("full": products over 2^-18..2^17,
+/// a few large terms dominate), magnitudes in [1, 2) with random signs ("narrow": all 128
+/// products of a block alike, the case where a reduced-precision tensor-core accumulation would
+/// show most), and [1, 2) all positive ("positive": no cancellation, partials near 128·max).
+/// "cancel" (adversarial for the accumulator): full-range values in which the K positions pair
+/// up, `a[2j+1] = a[2j]` in every row of A and `b[2j+1] = -b[2j]` in every row of B except one
+/// pair in 16, so almost every product cancels exactly against its neighbour: the exact partial
+/// is small while the absolute sum is large, and any precision the tensor cores drop while
+/// accumulating shows in the result instead of hiding under its bf16 rounding.
+fn operands(rng: &mut Rng, kind: &str, n: usize, is_b: bool) -> Vec<u8> {
+    match kind {
+        "full" => e4m3_bytes(rng, n),
+        "cancel" => {
+            let mut v = e4m3_bytes(rng, n);
+            for j in (0..n - 1).step_by(2) {
+                v[j + 1] = if is_b && (j / 2) % 16 != 5 { v[j] ^ 0x80 } else { v[j] };
+            }
+            v
+        }
+        "narrow" => (0..n).map(|_| 0x38 | (rng.u64() as u8 & 0x87)).collect(),
+        "positive" => (0..n).map(|_| 0x38 | (rng.u64() as u8 & 0x07)).collect(),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn grouped_gemm_is_within_the_bound_and_measures_c() {
+    let Some(gpu) = gpu("grouped_gemm") else { return };
+    let mut rng = Rng::new(10);
+    let shapes: &[(usize, usize, usize, usize)] = if small() {
+        &[(2, 70, 128, 256)]
+    } else {
+        &[
+            (3, 70, 256, 512),
+            (2, 16, 512, 2048),
+            (1, 1, 128, 128),
+            (4, 130, 384, 1024),
+            (2, 8, 1024, 7168),
+        ]
+    };
+    let (mut elems, mut cases) = (0usize, 0);
+    for kind in ["full", "narrow", "positive", "cancel"] {
+        let (mut c_chain, mut c_k32) = (0f64, 0f64);
+        for &(e, t, n, k) in shapes {
+            for fmt in ScaleFormat::ALL {
+                let p = GroupedGemm::new(e, t, n, k, fmt).unwrap();
+                let cnt = counts(&mut rng, e, t);
+                let a = operands(&mut rng, kind, e * t * k, false);
+                let b = operands(&mut rng, kind, e * n * k, true);
+                let sa = act_scales(&mut rng, fmt, e, t, k / GROUP);
+                let sb = weight_scales(&mut rng, e * (n / GROUP) * (k / GROUP));
+                let poison = bf16::from_bits(0x7F81); // a signalling-NaN pattern no kernel writes
+                let mut d_ref = vec![poison; e * t * n];
+                let mut bound = vec![0f64; e * t * n];
+                NaiveCpu
+                    .grouped_gemm_with_bound(&p, &a, sa.view(), &b, &sb, &cnt, &mut d_ref, &mut bound)
+                    .unwrap();
+                for chain in [true, false] {
+                    let mut d = vec![poison; e * t * n];
+                    gpu.grouped_gemm_variant(&p, &a, sa.view(), &b, &sb, &cnt, &mut d, chain).unwrap();
+                    // Rows past counts untouched.
+                    for ex in 0..e {
+                        for row in cnt[ex] as usize..t {
+                            let r = &d[(ex * t + row) * n..][..n];
+                            assert!(
+                                r.iter().all(|v| v.to_bits() == poison.to_bits()),
+                                "row {row} of expert {ex} was written"
+                            );
+                        }
+                    }
+                    let what = format!("gemm {kind} e={e} t={t} n={n} k={k} {fmt} chain={chain}");
+                    let worst = check_gemm_bound(&what, &d, &d_ref, &bound, f64::INFINITY);
+                    if chain {
+                        c_chain = c_chain.max(worst);
+                        elems += cnt.iter().map(|&c| c as usize * n).sum::<usize>();
+                        cases += 1;
+                    } else {
+                        c_k32 = c_k32.max(worst);
+                    }
+                }
+            }
+        }
+        println!(
+            "GEMM c [{kind} operands] (mma chained over each 128-K block, the SPEC arithmetic) = {c_chain:e} = 2^{:.2}",
+            c_chain.log2()
+        );
+        println!(
+            "GEMM c [{kind} operands] (diagnostic: each k32 mma from zero, summed in f32) = {c_k32:e} = 2^{:.2}",
+            c_k32.log2()
+        );
+        assert!(c_chain <= C_MAX, "[{kind}] c = {c_chain:e} exceeds 2^-12");
+    }
+    println!("GEMM cases within the bound: {cases} ({elems} live elements)");
+}
+
+type ExpertsData = (Vec<u8>, ScaleBuf, Vec<u8>, Vec<f32>, Vec<u8>, Vec<f32>);
+
+fn random_experts(rng: &mut Rng, p: &Experts) -> ExpertsData {
+    let (e, t, k, i) = (p.experts(), p.capacity(), p.k(), p.i());
+    // Activations through the CPU quantizer, so that they look like real ones.
+    let x = to_bf16(&values_with_specials(rng, e * t * k, false));
+    let q = moe_core::BatchedTokenGroupQuant::new(e, t, k, p.scale_format()).unwrap();
+    let mut a1q = vec![0u8; e * t * k];
+    let mut a1s = ScaleBuf::zeros(p.scale_format(), q.scale_shape().iter().product());
+    NaiveCpu
+        .batched_token_group_quant(&q, moe_core::Activation::Bf16(&x), &vec![t as i32; e], &mut a1q, a1s.view_mut())
+        .unwrap();
+    let w1 = e4m3_bytes(rng, e * 2 * i * k);
+    let w1s = weight_scales(rng, e * (2 * i / GROUP) * (k / GROUP));
+    let w2 = e4m3_bytes(rng, e * k * i);
+    let w2s = weight_scales(rng, e * (k / GROUP) * (i / GROUP));
+    (a1q, a1s, w1, w1s, w2, w2s)
+}
+
+#[test]
+fn experts_apply_is_checked_stage_by_stage() {
+    let Some(gpu) = gpu("experts_apply") else { return };
+    let mut rng = Rng::new(11);
+    let shapes: &[(usize, usize, usize, usize)] = if small() {
+        &[(2, 20, 256, 128)]
+    } else {
+        &[(3, 40, 256, 256), (2, 70, 512, 384)]
+    };
+    let mut cases = 0;
+    let mut worst_diff = 0f64;
+    let mut worst_c = 0f64;
+    for &(e, t, k, i) in shapes {
+        for fmt in ScaleFormat::ALL {
+            for numerics in Numerics::ALL {
+                let p = Experts::new(e, t, k, i, fmt, numerics).unwrap();
+                let (a1q, a1s, w1, w1s, w2, w2s) = random_experts(&mut rng, &p);
+                let cnt = counts(&mut rng, e, t);
+                let inputs = ExpertsInputs {
+                    a1q: &a1q,
+                    a1s: a1s.view(),
+                    w1: WeightsRef { q: &w1, s: &w1s },
+                    w2: WeightsRef { q: &w2, s: &w2s },
+                    counts: &cnt,
+                };
+                let poison = bf16::from_bits(0x7F81);
+                let mut ws = ExpertsWorkspace::new(&p);
+                ws.h1.fill(poison);
+                ws.q2.fill(0x6B);
+                let ws_before = ws.clone();
+                let mut out = vec![poison; e * t * k];
+                gpu.apply(&p, inputs, &mut ws, &mut out).unwrap();
+                let what = format!("experts e={e} t={t} k={k} i={i} {fmt} {numerics}");
+                // Stage 1: GEMM1 within the bound.
+                let (mut h1_ref, mut b1) = (ws_before.h1.clone(), vec![0f64; e * t * 2 * i]);
+                NaiveCpu
+                    .grouped_gemm_with_bound(&p.gemm1(), &a1q, a1s.view(), &w1, &w1s, &cnt, &mut h1_ref, &mut b1)
+                    .unwrap();
+                worst_c = worst_c.max(check_gemm_bound(&format!("{what} h1"), &ws.h1, &h1_ref, &b1, C_MAX));
+                // Stage 2: SiLU-mul-quant of the GPU's own h1, bit-exact.
+                let mut q2_ref = ws_before.q2.clone();
+                let mut s2_ref = ws_before.s2.clone();
+                NaiveCpu
+                    .silu_mul_quant(&p.silu(), &ws.h1, &cnt, &mut q2_ref, s2_ref.view_mut())
+                    .unwrap();
+                assert_same(&format!("{what} q2"), &ws.q2, &q2_ref);
+                assert_same(&format!("{what} s2"), &ws.s2.to_bits(), &s2_ref.to_bits());
+                // Stage 3: GEMM2 of the GPU's own q2, within the bound; rows past counts untouched.
+                let (mut out_ref, mut b2) = (vec![poison; e * t * k], vec![0f64; e * t * k]);
+                NaiveCpu
+                    .grouped_gemm_with_bound(&p.gemm2(), &ws.q2, ws.s2.view(), &w2, &w2s, &cnt, &mut out_ref, &mut b2)
+                    .unwrap();
+                worst_c = worst_c.max(check_gemm_bound(&format!("{what} out"), &out, &out_ref, &b2, C_MAX));
+                // End to end against the CPU's own pipeline.
+                let mut ws_cpu = ws_before.clone();
+                let mut out_cpu = vec![poison; e * t * k];
+                NaiveCpu.apply(&p, inputs, &mut ws_cpu, &mut out_cpu).unwrap();
+                let (mut xs, mut ys) = (Vec::new(), Vec::new());
+                for ex in 0..e {
+                    let live = cnt[ex] as usize * k;
+                    xs.extend_from_slice(&out[ex * t * k..][..live]);
+                    ys.extend_from_slice(&out_cpu[ex * t * k..][..live]);
+                }
+                let cd = calc_diff(&xs, &ys);
+                worst_diff = worst_diff.max(cd);
+                assert!(cd < 1e-5, "{what}: calc_diff {cd:e}");
+                assert_same(
+                    &format!("{what} dead rows of out"),
+                    &bits_u16(&out)
+                        .iter()
+                        .zip(&bits_u16(&out_cpu))
+                        .map(|(&g, &c)| (g == 0x7F81) == (c == 0x7F81))
+                        .collect::<Vec<_>>(),
+                    &vec![true; out.len()],
+                );
+                cases += 1;
+            }
+        }
+    }
+    println!("CASES experts stage-by-stage: {cases}, worst end-to-end calc_diff {worst_diff:e}");
+    println!(
+        "GEMM c [experts stages, quantized activations] = {worst_c:e} = 2^{:.2}",
+        worst_c.log2()
+    );
+}
+
+fn eager(ex: &mut CudaExperts, counts: &[i32], out0: &[bf16]) -> Vec<bf16> {
+    ex.set_counts(counts).unwrap();
+    ex.upload_output(out0).unwrap();
+    ex.apply_on_stream(CountsMode::Unchecked).unwrap();
+    let mut out = out0.to_vec();
+    ex.download_output(&mut out).unwrap();
+    out
+}
+
+fn replay(ex: &mut CudaExperts, counts: &[i32], out0: &[bf16]) -> Vec<bf16> {
+    ex.set_counts(counts).unwrap();
+    ex.upload_output(out0).unwrap();
+    ex.replay_graph().unwrap();
+    let mut out = out0.to_vec();
+    ex.download_output(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
+    let Some(gpu) = gpu("graph_replay") else { return };
+    let mut rng = Rng::new(12);
+    let (e, t, k, i) = if small() { (3, 20, 256, 128) } else { (4, 70, 512, 256) };
+    let p = Experts::new(e, t, k, i, ScaleFormat::F32CeilUe8m0, Numerics::VllmBf16).unwrap();
+    let (a1q, a1s, w1, w1s, w2, w2s) = random_experts(&mut rng, &p);
+    let cnt0 = counts(&mut rng, e, t);
+    let inputs = ExpertsInputs {
+        a1q: &a1q,
+        a1s: a1s.view(),
+        w1: WeightsRef { q: &w1, s: &w1s },
+        w2: WeightsRef { q: &w2, s: &w2s },
+        counts: &cnt0,
+    };
+    let mut ex = CudaExperts::new(gpu, p).unwrap();
+    ex.upload_inputs(&inputs).unwrap();
+    ex.capture_graph().unwrap();
+    assert!(ex.has_graph());
+    let out0 = vec![bf16::from_bits(0x7F81); e * t * k];
+    let ti = t as i32;
+    let sets: Vec<Vec<i32>> = vec![
+        cnt0.clone(),
+        vec![0; e],
+        vec![ti; e],
+        (0..e as i32).map(|x| (x * 7) % (ti + 1)).collect(),
+    ];
+    let mut replays = 0;
+    let mut worst_cd = 0f64;
+    for c in &sets {
+        let g = replay(&mut ex, c, &out0);
+        let r = eager(&mut ex, c, &out0);
+        assert_same(&format!("graph vs eager, counts {c:?}"), &bits_u16(&g), &bits_u16(&r));
+        // And the CPU's pipeline agrees (end to end).
+        let inputs_c = ExpertsInputs { counts: c, ..inputs };
+        let mut ws = ExpertsWorkspace::new(&p);
+        let mut out_cpu = out0.clone();
+        NaiveCpu.apply(&p, inputs_c, &mut ws, &mut out_cpu).unwrap();
+        // Over the live rows only (dead rows hold the NaN poison on both sides).
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for ex_i in 0..e {
+            let live = c[ex_i].clamp(0, ti) as usize * k;
+            xs.extend_from_slice(&g[ex_i * t * k..][..live]);
+            ys.extend_from_slice(&out_cpu[ex_i * t * k..][..live]);
+        }
+        let cd = calc_diff(&xs, &ys);
+        assert!(cd < 1e-5, "graph vs CPU calc_diff {cd:e} over {} live elements", xs.len());
+        worst_cd = worst_cd.max(cd);
+        for ex_i in 0..e {
+            for row in c[ex_i] as usize..t {
+                assert!(
+                    g[(ex_i * t + row) * k..][..k].iter().all(|v| v.to_bits() == 0x7F81),
+                    "dead row written"
+                );
+            }
+        }
+        replays += 1;
+    }
+    // Out-of-range device counts: the checked mode reports the CPU's error before any launch,
+    // the unchecked mode and the graph clamp into [0, T].
+    let bad: Vec<i32> = (0..e)
+        .map(|x| match x % 3 {
+            0 => -5,
+            1 => ti + 100,
+            _ => i32::MAX,
+        })
+        .collect();
+    let clamped: Vec<i32> = bad.iter().map(|&c| c.clamp(0, ti)).collect();
+    ex.set_counts(&bad).unwrap();
+    ex.upload_output(&out0).unwrap();
+    let err = ex.apply_on_stream(CountsMode::Checked).unwrap_err();
+    assert_eq!(err, MoeError::from(check_counts(&bad, e, t).unwrap_err()));
+    let mut untouched = out0.clone();
+    ex.download_output(&mut untouched).unwrap();
+    assert_same("checked mode launched nothing", &bits_u16(&untouched), &bits_u16(&out0));
+    let g = replay(&mut ex, &bad, &out0);
+    let u = eager(&mut ex, &bad, &out0);
+    let c = eager(&mut ex, &clamped, &out0);
+    assert_same("graph with bad counts equals clamped", &bits_u16(&g), &bits_u16(&c));
+    assert_same("unchecked with bad counts equals clamped", &bits_u16(&u), &bits_u16(&c));
+    // The host API rejects them with the CPU's error.
+    let mut ws = ExpertsWorkspace::new(&p);
+    let mut out = out0.clone();
+    let inputs_bad = ExpertsInputs { counts: &bad, ..inputs };
+    let eg = gpu.apply(&p, inputs_bad, &mut ws, &mut out).unwrap_err();
+    let ec = NaiveCpu.apply(&p, inputs_bad, &mut ws.clone(), &mut out.clone()).unwrap_err();
+    assert_eq!(eg, ec);
+    assert_same("host apply wrote nothing", &bits_u16(&out), &bits_u16(&out0));
+    println!("GRAPH replays equal to eager: {replays} count sets + 1 out-of-range set (clamped), checked mode error equals the CPU's; worst calc_diff vs CPU {worst_cd:e}");
+}
+
+#[test]
+fn gemm_bad_inputs_are_rejected_with_the_cpu_error() {
+    let Some(gpu) = gpu("gemm_bad_inputs") else { return };
+    let p = GroupedGemm::new(2, 4, 128, 256, ScaleFormat::F32).unwrap();
+    let a = vec![0x38u8; 2 * 4 * 256];
+    let sa = vec![1f32; 2 * 2 * 4];
+    let b = vec![0x38u8; 2 * 128 * 256];
+    let sb = vec![1f32; 2 * 2];
+    let mut d = vec![bf16::from_bits(3); 2 * 4 * 128];
+    let cases: Vec<(Vec<i32>, usize)> = vec![(vec![5, 0], 0), (vec![0, -2], 0), (vec![1], 0), (vec![1, 1], 1)];
+    for (cnt, short_b) in cases {
+        let bb = &b[..b.len() - short_b];
+        let eg = gpu
+            .grouped_gemm(&p, &a, moe_core::Scales::F32(&sa), bb, &sb, &cnt, &mut d)
+            .unwrap_err();
+        let ec = NaiveCpu
+            .grouped_gemm(&p, &a, moe_core::Scales::F32(&sa), bb, &sb, &cnt, &mut d.clone())
+            .unwrap_err();
+        assert_eq!(eg, ec);
+        assert!(d.iter().all(|v| v.to_bits() == 3));
+    }
+    // Packed scales where F32 were promised.
+    let sp = vec![0i32; 2 * 4]; // (E, ceil(G/4) = 1, T)
+    let eg = gpu
+        .grouped_gemm(&p, &a, moe_core::Scales::Packed(&sp), &b, &sb, &[1, 1], &mut d)
+        .unwrap_err();
+    let ec = NaiveCpu
+        .grouped_gemm(&p, &a, moe_core::Scales::Packed(&sp), &b, &sb, &[1, 1], &mut d.clone())
+        .unwrap_err();
+    assert_eq!(eg, ec);
+    println!("CASES gemm bad-input rejections equal to the CPU's: 5");
+}
+
+#[test]
+fn experts_graph_replay_timing_on_a_deepseek_shape() {
+    let Some(gpu) = gpu("experts_timing") else { return };
+    // Not a performance claim (fast kernels are a later issue): a first figure for the record.
+    let (e, t, k, i) = if small() { (2, 16, 256, 128) } else { (8, 64, 7168, 2048) };
+    let mut rng = Rng::new(13);
+    let p = Experts::new(e, t, k, i, ScaleFormat::F32CeilUe8m0, Numerics::VllmBf16).unwrap();
+    let a1q = e4m3_bytes(&mut rng, e * t * k);
+    let a1s = act_scales(&mut rng, ScaleFormat::F32CeilUe8m0, e, t, k / GROUP);
+    let w1 = e4m3_bytes(&mut rng, e * 2 * i * k);
+    let w1s = weight_scales(&mut rng, e * (2 * i / GROUP) * (k / GROUP));
+    let w2 = e4m3_bytes(&mut rng, e * k * i);
+    let w2s = weight_scales(&mut rng, e * (k / GROUP) * (i / GROUP));
+    let cnt = vec![t as i32; e];
+    let inputs = ExpertsInputs {
+        a1q: &a1q,
+        a1s: a1s.view(),
+        w1: WeightsRef { q: &w1, s: &w1s },
+        w2: WeightsRef { q: &w2, s: &w2s },
+        counts: &cnt,
+    };
+    let mut ex = CudaExperts::new(gpu, p).unwrap();
+    ex.upload_inputs(&inputs).unwrap();
+    ex.capture_graph().unwrap();
+    let mut times = Vec::new();
+    for _ in 0..12 {
+        let t0 = std::time::Instant::now();
+        ex.replay_graph().unwrap();
+        ex.synchronize().unwrap();
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let ms = times[times.len() / 2];
+    let flops = 2.0 * (e * t) as f64 * (2 * i * k + k * i) as f64;
+    let bytes = (e * (2 * i * k + k * i)) as f64;
+    println!(
+        "GEMM timing (first, unoptimized kernels; host-timed graph replay, median of 12): E={e} T={t} K={k} I={i} all rows live: {ms:.3} ms, {:.1} TFLOP/s, weights read at {:.0} GB/s",
+        flops / ms / 1e9,
+        bytes / ms / 1e6
+    );
+}
