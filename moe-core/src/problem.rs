@@ -697,6 +697,9 @@ impl Routing {
     /// tokens are errors.
     pub fn new(topk_ids: &[i32], m: usize, topk: usize, experts: usize, capacity: usize) -> Result<Self> {
         check_len("topk_ids", topk_ids.len(), &[m, topk])?;
+        // With no slots there is nothing to route, but `m` could be anything: refuse it rather
+        // than loop over `m` empty rows (found by fuzzing).
+        at_least("topk_ids", "topk", topk, 1)?;
         let mut counts: Vec<i32> = table(experts, 0)?;
         let mut rows = vec![-1i32; topk_ids.len()];
         for tok in 0..m {

@@ -48,6 +48,9 @@ fn fma_peak(c: &mut Criterion) {
     let iters = 1 << 16;
     let lanes = lanes();
     let mut g = c.benchmark_group("fma_peak_f64");
+    g.bench_function(BenchmarkId::new("one_thread", format!("{lanes}lanes")), |bch| {
+        bch.iter(|| Arch::new().dispatch(FmaPeak { iters: black_box(iters) }).0)
+    });
     // 16 chains × lanes × 2 flops per FMA, on every thread.
     g.throughput(Throughput::Elements((iters * 16 * lanes * 2 * threads) as u64));
     g.bench_function(BenchmarkId::new("all_threads", format!("{threads}x{lanes}lanes")), |bch| {
@@ -101,18 +104,23 @@ fn silu_mul_quant(c: &mut Criterion) {
     let mut rng = Rng(8);
     let y: Vec<bf16> = (0..e * t * 2 * h).map(|_| bf16::from_f32(rng.normal_ish() * 4.0)).collect();
     let counts = vec![t as i32; e];
-    let be = CpuBackend::new();
     let mut g = c.benchmark_group("silu_mul_quant");
     // Input bf16 (2H per row) + output E4M3 (H per row) + f32 scales.
     g.throughput(Throughput::Bytes((e * t * (4 * h + h + 4 * h / 128)) as u64));
-    for numerics in Numerics::ALL {
-        for fmt in [ScaleFormat::F32, ScaleFormat::F32CeilUe8m0] {
-            let p = SiluMulQuant::new(e, t, h, fmt, numerics).unwrap();
-            let mut q = vec![0u8; e * t * h];
-            let mut s = vec![0f32; e * (h / 128) * t];
-            g.bench_function(BenchmarkId::new(format!("E8_T64_H2048_{numerics}"), fmt.name()), |bch| {
-                bch.iter(|| be.silu_mul_quant(&p, &y, &counts, &mut q, ScalesMut::F32(&mut s)).unwrap())
-            });
+    // The per-core figure is the one-thread run; the all-threads run shows the scaling.
+    for (label, be) in [
+        ("1thread", CpuBackend::with_threads(1).unwrap()),
+        ("all_threads", CpuBackend::new()),
+    ] {
+        for numerics in Numerics::ALL {
+            for fmt in [ScaleFormat::F32, ScaleFormat::F32CeilUe8m0] {
+                let p = SiluMulQuant::new(e, t, h, fmt, numerics).unwrap();
+                let mut q = vec![0u8; e * t * h];
+                let mut s = vec![0f32; e * (h / 128) * t];
+                g.bench_function(BenchmarkId::new(format!("E8_T64_H2048_{numerics}_{label}"), fmt.name()), |bch| {
+                    bch.iter(|| be.silu_mul_quant(&p, &y, &counts, &mut q, ScalesMut::F32(&mut s)).unwrap())
+                });
+            }
         }
     }
     g.finish();

@@ -282,16 +282,18 @@ impl Backend for CpuBackend {
         let per_expert = fmt.columns(groups) * t_cap;
         let (eps_bf16, inv448_bf16) = vllm_consts();
         let ceil = fmt.is_ceil();
-        for (e, qe) in q.chunks_mut(t_cap * h).enumerate() {
-            let live = counts[e] as usize;
-            let mut rows = vec![0f32; live * groups];
-            self.install(|| {
-                qe[..live * h]
-                    .par_chunks_mut(h)
-                    .zip(rows.par_chunks_mut(groups))
-                    .enumerate()
-                    .for_each(|(t, (qr, sr))| {
-                        let yr = &y[(e * t_cap + t) * 2 * h..][..2 * h];
+        // One parallel pass over every row of every expert (dead rows are skipped), then the
+        // scales of each expert are scattered into their MN-major layout.
+        let mut rows = vec![0f32; p.experts() * t_cap * groups];
+        self.install(|| {
+            q.par_chunks_mut(h)
+                .zip(rows.par_chunks_mut(groups))
+                .enumerate()
+                .with_min_len(2)
+                .for_each(|(i, (qr, sr))| {
+                    let (e, t) = (i / t_cap, i % t_cap);
+                    if t < counts[e] as usize {
+                        let yr = &y[i * 2 * h..][..2 * h];
                         Arch::new().dispatch(SiluRow {
                             yr,
                             qr,
@@ -301,9 +303,19 @@ impl Backend for CpuBackend {
                             eps_bf16,
                             inv448_bf16,
                         });
-                    });
-            });
-            scatter_mn(&mut expert_scales(&mut s, e, per_expert), fmt, t_cap, groups, &rows, live);
+                    }
+                });
+        });
+        for e in 0..p.experts() {
+            let live = counts[e] as usize;
+            scatter_mn(
+                &mut expert_scales(&mut s, e, per_expert),
+                fmt,
+                t_cap,
+                groups,
+                &rows[e * t_cap * groups..],
+                live,
+            );
         }
         Ok(())
     }
