@@ -164,10 +164,17 @@ pub fn bf16_out(x: f32) -> bf16 {
     }
 }
 
-/// Rounds an f32 to the nearest BF16 value and returns it widened back to f32.
-#[inline]
+/// Rounds an f32 to the nearest BF16 value (ties to even) and returns it widened back to f32.
+///
+/// Equal to `half::bf16::from_f32(x).to_f32()` on every input (NaN keeps its sign and upper
+/// payload and becomes quiet), but written without branches so that loops vectorize; the
+/// exhaustive check is part of `cargo xtask exp-check`.
+#[inline(always)]
 pub fn round_bf16(x: f32) -> f32 {
-    bf16::from_f32(x).to_f32()
+    let b = x.to_bits();
+    let rounded = b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000;
+    let nan = (b | 0x0040_0000) & 0xFFFF_0000;
+    f32::from_bits(if x.is_nan() { nan } else { rounded })
 }
 
 /// The smallest power of two `>= x`, for a positive finite f32 `x`, computed from the bits
@@ -303,6 +310,16 @@ mod tests {
             let x = f32::from_bits(bits);
             assert_eq!(e4m3_from_f32(x), e4m3_from_f32_reference(x), "x = {x:e} ({bits:#010x})");
             bits += 997;
+        }
+    }
+
+    #[test]
+    fn round_bf16_matches_half_on_a_dense_sample() {
+        let mut bits = 0u32;
+        while bits < u32::MAX - 331 {
+            let x = f32::from_bits(bits);
+            assert_eq!(round_bf16(x).to_bits(), bf16::from_f32(x).to_f32().to_bits(), "{bits:#010x}");
+            bits += 331;
         }
     }
 

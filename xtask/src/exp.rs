@@ -1,11 +1,12 @@
 //! `cargo xtask exp-check`: `exp_f32` against float64 `exp` over all 2^32 f32 inputs, and the
-//! branch-free E4M3 encoder against its reference definition over the same inputs.
+//! branch-free E4M3 encoder against its reference definition and the branch-free `round_bf16`
+//! against `half::bf16::from_f32` over the same inputs.
 //!
 //! The error of each finite result is measured in units of the f32 ulp at the exact value
 //! (`2^-149` below the normal range); a result that overflows must be `+inf` exactly when the
 //! correctly rounded value is. NaN inputs must give the canonical NaN. Runs on every core.
 
-use moe_core::format::{e4m3_from_f32, e4m3_from_f32_reference};
+use moe_core::format::{e4m3_from_f32, e4m3_from_f32_reference, round_bf16};
 use moe_core::math::{exp_f32, CANONICAL_NAN};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -49,6 +50,7 @@ pub fn run(_args: &[String]) -> Result<(), String> {
     let worst_x = AtomicU64::new(0);
     let wrong = AtomicU64::new(0);
     let e4m3_wrong = AtomicU64::new(0);
+    let bf16_wrong = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let start = std::time::Instant::now();
     const CHUNK: u64 = 1 << 24;
@@ -67,6 +69,9 @@ pub fn run(_args: &[String]) -> Result<(), String> {
                     let x = f32::from_bits(bits as u32);
                     if e4m3_from_f32(x) != e4m3_from_f32_reference(x) {
                         e4m3_wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if round_bf16(x).to_bits() != moe_core::bf16::from_f32(x).to_f32().to_bits() {
+                        bf16_wrong.fetch_add(1, Ordering::Relaxed);
                     }
                     match error_ulp(x) {
                         Some(e) if e > local_worst => {
@@ -94,12 +99,17 @@ pub fn run(_args: &[String]) -> Result<(), String> {
     let wx = f32::from_bits(worst_x.load(Ordering::Relaxed) as u32);
     let wrong = wrong.load(Ordering::Relaxed);
     let e4m3_wrong = e4m3_wrong.load(Ordering::Relaxed);
+    let bf16_wrong = bf16_wrong.load(Ordering::Relaxed);
+    println!("bf16-check: 4294967296 inputs, {bf16_wrong} differences between round_bf16 and half::bf16::from_f32");
     println!("e4m3-check: 4294967296 inputs, {e4m3_wrong} differences between the fast and the reference encoder");
     println!(
         "exp-check: 4294967296 inputs, worst error {worst:.4} ulp at x = {wx:e} ({:#010x}), {wrong} wrong NaN results, {:.0} s on {threads} threads",
         wx.to_bits(),
         start.elapsed().as_secs_f64()
     );
+    if bf16_wrong > 0 {
+        return Err(format!("round_bf16 differs from half::bf16::from_f32 on {bf16_wrong} inputs"));
+    }
     if e4m3_wrong > 0 {
         return Err(format!("the fast E4M3 encoder differs from its reference on {e4m3_wrong} inputs"));
     }
