@@ -35,3 +35,11 @@ pub(crate) fn store_scale(
         }
     }
 }
+
+/// The scales of expert `e` when every expert holds `len` stored elements.
+pub(crate) fn expert_scales<'s>(s: &'s mut ScalesMut<'_>, e: usize, len: usize) -> ScalesMut<'s> {
+    match s {
+        ScalesMut::F32(v) => ScalesMut::F32(&mut v[e * len..(e + 1) * len]),
+        ScalesMut::Packed(v) => ScalesMut::Packed(&mut v[e * len..(e + 1) * len]),
+    }
+}

@@ -19,7 +19,7 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use crate::common::{store_scale, vllm_consts};
+use crate::common::{expert_scales, store_scale, vllm_consts};
 use crate::naive::clear_packed_rows;
 
 /// The fast CPU reference: parallel with rayon, bit-identical to [`crate::NaiveCpu`] for any
@@ -156,12 +156,6 @@ impl WithSimd for QuantRow<'_> {
     }
 }
 
-fn expert_scales<'s>(s: &'s mut ScalesMut<'_>, e: usize, len: usize) -> ScalesMut<'s> {
-    match s {
-        ScalesMut::F32(v) => ScalesMut::F32(&mut v[e * len..(e + 1) * len]),
-        ScalesMut::Packed(v) => ScalesMut::Packed(&mut v[e * len..(e + 1) * len]),
-    }
-}
 
 /// Scatters per-row scales `(rows, groups)` into one expert's MN-major `(cols, T)` scales.
 fn scatter_mn(se: &mut ScalesMut<'_>, fmt: ScaleFormat, t_cap: usize, groups: usize, rows: &[f32], live: usize) {

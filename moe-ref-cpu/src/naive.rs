@@ -10,7 +10,7 @@ use moe_core::{
     ScaleFormat, ScaleLayout, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 
-use crate::common::{store_scale, vllm_consts};
+use crate::common::{expert_scales, store_scale, vllm_consts};
 
 /// The naive CPU reference (single-threaded, element by element).
 #[derive(Debug, Default, Clone, Copy)]
@@ -149,10 +149,7 @@ impl Backend for NaiveCpu {
                 Activation::Bf16(v) => Activation::Bf16(&v[e * t_cap * k..][..c * k]),
                 Activation::F32(v) => Activation::F32(&v[e * t_cap * k..][..c * k]),
             };
-            let mut se = match &mut s {
-                ScalesMut::F32(v) => ScalesMut::F32(&mut v[e * cols * t_cap..][..cols * t_cap]),
-                ScalesMut::Packed(v) => ScalesMut::Packed(&mut v[e * cols * t_cap..][..cols * t_cap]),
-            };
+            let mut se = expert_scales(&mut s, e, cols * t_cap);
             clear_packed_rows(&mut se, t_cap, cols, c);
             quant_rows(&xe, c, k, fmt, &mut q[e * t_cap * k..][..c * k], |r, g, sc| {
                 store_scale(&mut se, fmt, ScaleLayout::MnMajor, t_cap, groups, r, g, sc)
@@ -199,10 +196,7 @@ impl Backend for NaiveCpu {
         let (eps_bf16, inv448_bf16) = vllm_consts();
         for e in 0..p.experts() {
             let c = counts[e] as usize;
-            let mut se = match &mut s {
-                ScalesMut::F32(v) => ScalesMut::F32(&mut v[e * cols * t_cap..][..cols * t_cap]),
-                ScalesMut::Packed(v) => ScalesMut::Packed(&mut v[e * cols * t_cap..][..cols * t_cap]),
-            };
+            let mut se = expert_scales(&mut s, e, cols * t_cap);
             clear_packed_rows(&mut se, t_cap, cols, c);
             for t in 0..c {
                 let row = &y[(e * t_cap + t) * 2 * h..][..2 * h];
@@ -276,10 +270,7 @@ impl Backend for NaiveCpu {
         counts.copy_from_slice(routing.counts());
         for e in 0..p.experts() {
             let toks = routing.tokens(e);
-            let mut se = match &mut a1s {
-                ScalesMut::F32(v) => ScalesMut::F32(&mut v[e * cols * t_cap..][..cols * t_cap]),
-                ScalesMut::Packed(v) => ScalesMut::Packed(&mut v[e * cols * t_cap..][..cols * t_cap]),
-            };
+            let mut se = expert_scales(&mut a1s, e, cols * t_cap);
             clear_packed_rows(&mut se, t_cap, cols, toks.len());
             for (row, &tok) in toks.iter().enumerate() {
                 let xr = Activation::Bf16(&x[tok as usize * k..][..k]);
