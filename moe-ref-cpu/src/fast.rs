@@ -156,7 +156,6 @@ impl WithSimd for QuantRow<'_> {
     }
 }
 
-
 /// Scatters per-row scales `(rows, groups)` into one expert's MN-major `(cols, T)` scales.
 fn scatter_mn(se: &mut ScalesMut<'_>, fmt: ScaleFormat, t_cap: usize, groups: usize, rows: &[f32], live: usize) {
     clear_packed_rows(se, t_cap, fmt.columns(groups), live);
