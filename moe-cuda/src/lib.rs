@@ -3,14 +3,14 @@
 //! The CUDA backend of moe-fp8 for Hopper GPUs (H100, H200; `sm_90a`): every operation of
 //! SPEC §5 behind the `cuda` cargo feature.
 //!
-//! What it promises: [`CudaBackend`] implements `moe_core::Backend` and `BatchedExperts` with
+//! What it promises: `CudaBackend` implements `moe_core::Backend` and `BatchedExperts` with
 //! results bit-identical to the CPU reference for token-group quantization, block quantization,
 //! SiLU-mul-quant, prepare and finalize, and within the SPEC §5.3 bound for the grouped GEMM
 //! (and so the experts stage); rows past `counts` are never written; every invalid input is
 //! rejected with the CPU's error before any allocation or launch; a missing driver or GPU is
 //! `DeviceError::NoDevice`, never a panic. Device-resident `counts` are clamped into `[0, T]` by
 //! every kernel, so nothing is read or written out of bounds whatever they hold.
-//! [`CudaExperts`] keeps the experts stage's buffers on the device, enqueues it without host
+//! `CudaExperts` keeps the experts stage's buffers on the device, enqueues it without host
 //! synchronization and captures it in a CUDA graph.
 //!
 //! What it trusts: moe-core's validated problem types, the CUDA driver, and NVRTC (CUDA 13),

@@ -5,7 +5,7 @@
 //! - [`NaiveCpu`]: the plain loop nests of the spec, one element at a time. It defines the result.
 //! - [`CpuBackend`]: the same arithmetic, parallel with rayon and organised for speed (the GEMM's
 //!   block partials come from a float64 matrix product, which is exact for E4M3 inputs; see
-//!   [`gemm`](crate::gemm) in the source). Its results are bit-identical to [`NaiveCpu`]'s for
+//!   the module `gemm` in the source). Its results are bit-identical to [`NaiveCpu`]'s for
 //!   any thread count; the test suites in `moe-testing` check this.
 //!
 //! What it promises: bit-exact results for every operation, including the GEMM (whose GPU
