@@ -2,7 +2,8 @@
 //!
 //! 1. `cargo fmt --check`
 //! 2. `cargo clippy` on the workspace, then again with the CUDA feature (no GPU needed)
-//! 3. the tests of the whole workspace (differential suites, golden vectors, CLI)
+//! 3. the tests of the whole workspace (differential suites, golden vectors, CLI), then the GPU
+//!    tests built with the CUDA feature, which print counted skips on a machine without a GPU
 //! 4. the exhaustive `exp_f32` and E4M3-encoder checks (all 2^32 inputs, release build)
 //! 5. `nvrtc-check`: every CUDA kernel compiled for `sm_90a` (installs NVRTC from PyPI if needed)
 //! 6. a short fuzzing smoke run of every fuzz target
@@ -41,6 +42,27 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ]))
     })?;
     step("tests", &mut || sh(cargo().args(["test", "--workspace"])))?;
+    // The GPU tests, built with the CUDA feature: without a GPU each one prints a counted
+    // `SKIP: no CUDA device` and passes (MOE_REQUIRE_GPU=1 would make it fail).
+    step("tests (cuda feature, skips counted)", &mut || {
+        sh(cargo().args([
+            "test",
+            "-p",
+            "moe-cuda",
+            "-p",
+            "moe-testing",
+            "--features",
+            "moe-cuda/cuda,moe-testing/cuda",
+            "--test",
+            "cuda",
+            "--test",
+            "ops",
+            "--test",
+            "gemm",
+            "--test",
+            "selftest",
+        ]))
+    })?;
     step("exp-check (all 2^32 inputs)", &mut || {
         sh(cargo().args(["run", "--release", "--quiet", "-p", "xtask", "--", "exp-check"]))
     })?;
