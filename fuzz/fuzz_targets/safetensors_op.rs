@@ -1,11 +1,11 @@
 //! Arbitrary bytes as the input file of `moe op`, through moe-cli's own reader
-//! (`moe_cli::read_inputs`: safetensors parsing, tensor lookup, dtype and shape checks, problem
+//! (`moe_engine::read_inputs`: safetensors parsing, tensor lookup, dtype and shape checks, problem
 //! validation) and, when it accepts them, the execution on the naive reference. The first bytes
 //! pick the operation and the options; neither step may panic or abort.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use moe_cli::{Op, OpOptions};
+use moe_engine::{Op, OpOptions};
 use moe_core::{Numerics, ScaleFormat};
 
 fuzz_target!(|data: &[u8]| {
@@ -18,10 +18,10 @@ fuzz_target!(|data: &[u8]| {
         experts: (flags & 4 != 0).then_some(*e as usize % 64),
         capacity: (flags & 8 != 0).then_some(*t as usize % 64),
     };
-    let op = Op::ALL[*op as usize % Op::ALL.len()];
-    if let Ok(inputs) = moe_cli::read_inputs(op, &opts, rest) {
+    let op = Op::FILE_OPS[*op as usize % Op::FILE_OPS.len()];
+    if let Ok(inputs) = moe_engine::read_inputs(op, &opts, rest) {
         if rest.len() <= 1 << 16 {
-            let _ = moe_cli::execute(&inputs, &moe_ref_cpu::NaiveCpu);
+            let _ = moe_engine::execute(&inputs, &moe_ref_cpu::NaiveCpu);
         }
     }
 });

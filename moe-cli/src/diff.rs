@@ -1,24 +1,23 @@
-//! `moe diff --backend cpu|cuda --cases N --seed S`: runs the differential suites of moe-testing
-//! (`moe_testing::diff::run_diff`) against the naive CPU reference over `N` seeded random cases of
-//! every operation, with a progress bar, and prints a summary table: per operation the cases,
-//! the bit-exact matches, the failures, and the worst error against its bound.
+//! `moe diff --backend cpu|cuda --cases N --seed S`: runs the differential harness of the engine
+//! (`moe_engine::verify::diff::run_diff`) against the naive CPU reference over `N` seeded random
+//! cases of every operation, with a progress bar, and prints a summary table: per operation the
+//! cases, the bit-exact matches, the failures, and the worst error against its bound.
 //!
 //! Exit code 0 when every case passed, 1 when any failed, 2 for a usage or device error.
 
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use moe_core::BatchedExperts;
-use moe_testing::diff::{run_diff, DiffOptions, DiffSummary, Op};
-use moe_testing::GemmTol;
+use moe_engine::verify::diff::{run_diff, DiffOptions, DiffSummary};
+use moe_engine::{Device, DeviceKind, GemmContract, Op};
 
 /// Arguments of `moe diff`.
 #[derive(clap::Args, Debug)]
 pub struct DiffArgs {
     /// The backend under test: `cpu` (the fast rayon path) or `cuda`.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
-    /// Random cases per operation.
+    #[arg(long, default_value = "cpu", value_parser = crate::device_parser())]
+    backend: DeviceKind,
+    /// Random cases per operation (at least 1).
     #[arg(long, default_value_t = 1000)]
     cases: usize,
     /// The seed; case `i` of an operation depends only on (seed, operation, i).
@@ -31,43 +30,32 @@ pub struct DiffArgs {
     /// silu-mul-quant, grouped-gemm, experts, prepare, finalize.
     #[arg(long = "op")]
     ops: Vec<String>,
-    /// The GEMM bound constant `c` of SPEC §5.3 (default: exact for cpu, 2^-12 for cuda).
+    /// The GEMM bound constant `c` of SPEC §5.3, a finite number in [0, 2^-12] (default: the
+    /// backend's own contract: exact for cpu, 2^-12 for cuda).
     #[arg(long)]
     gemm_c: Option<f64>,
 }
 
-fn open(args: &DiffArgs) -> Result<(Box<dyn BatchedExperts>, GemmTol), String> {
-    match args.backend.as_str() {
-        "cpu" => {
-            let be = match args.threads {
-                Some(n) => moe_ref_cpu::CpuBackend::with_threads(n).map_err(|e| e.to_string())?,
-                None => moe_ref_cpu::CpuBackend::new(),
-            };
-            Ok((Box::new(be), args.gemm_c.map_or(GemmTol::Exact, |c| GemmTol::Bounded { c })))
-        }
-        "cuda" => open_cuda(args),
-        other => Err(format!("unknown backend `{other}` (cpu or cuda)")),
+fn open(args: &DiffArgs) -> Result<(Device, GemmContract), String> {
+    let device = match (args.backend, args.threads) {
+        (DeviceKind::Cpu, Some(n)) => Device::cpu_with_threads(n),
+        (kind, _) => Device::open(kind),
     }
+    .map_err(|e| e.one_line())?;
+    let contract = match args.gemm_c {
+        Some(c) => GemmContract::bounded(c).map_err(|e| e.to_string())?,
+        None => device.gemm_contract(),
+    };
+    Ok((device, contract))
 }
 
-#[cfg(feature = "cuda")]
-fn open_cuda(args: &DiffArgs) -> Result<(Box<dyn BatchedExperts>, GemmTol), String> {
-    let be = moe_cuda::CudaBackend::new().map_err(|e| e.to_string())?;
-    Ok((
-        Box::new(be),
-        GemmTol::Bounded {
-            c: args.gemm_c.unwrap_or(1.0 / 4096.0),
-        },
-    ))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn open_cuda(_: &DiffArgs) -> Result<(Box<dyn BatchedExperts>, GemmTol), String> {
-    Err("this `moe` was built without the `cuda` feature".into())
-}
-
-fn table(s: &DiffSummary) -> String {
-    let mut out = format!("backend {} against cpu-naive, seed {}\n", s.backend, s.seed);
+fn table(s: &DiffSummary, contract: GemmContract) -> String {
+    let mut out = format!(
+        "backend {} against cpu-naive, seed {}, GEMM contract {}\n",
+        s.backend,
+        s.seed,
+        contract.describe()
+    );
     out += &format!(
         "{:<18} {:<9} {:>7} {:>7} {:>7} {:>16} {:>12}\n",
         "operation", "contract", "cases", "exact", "failed", "worst err/bound", "calc_diff"
@@ -96,9 +84,13 @@ fn table(s: &DiffSummary) -> String {
 
 /// Runs `moe diff`.
 pub fn run(args: DiffArgs) -> ExitCode {
+    if args.cases == 0 {
+        eprintln!("moe diff: --cases must be at least 1 (zero cases would check nothing)");
+        return ExitCode::from(2);
+    }
     let mut ops = Vec::new();
     for name in &args.ops {
-        match Op::ALL.into_iter().find(|o| o.name() == name) {
+        match Op::from_name(name) {
             Some(o) => ops.push(o),
             None => {
                 eprintln!("moe diff: unknown operation `{name}`");
@@ -124,12 +116,12 @@ pub fn run(args: DiffArgs) -> ExitCode {
     };
     let bar = ProgressBar::new((opts.cases * opts.ops.len()) as u64);
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} [{elapsed_precise}, eta {eta}]").expect("template"));
-    let summary = run_diff(dut.as_ref(), &opts, |op, _| {
+    let summary = run_diff(dut.backend(), &opts, |op, _| {
         bar.set_message(op.name());
         bar.inc(1);
     });
     bar.finish_and_clear();
-    print!("{}", table(&summary));
+    print!("{}", table(&summary, gemm_tol));
     if summary.passed() {
         ExitCode::SUCCESS
     } else {

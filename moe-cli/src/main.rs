@@ -18,15 +18,29 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use moe_cli::engine::{self, BackendKind};
-use moe_cli::error::{CliError, InputError};
-use moe_cli::ops::{Op, OpOptions};
-use moe_cli::run::{self, RunConfig};
 use moe_core::{Numerics, ScaleFormat};
+use moe_engine::weights::{safetensors as st, MappedFile};
+use moe_engine::{device, pipeline, Device, DeviceKind, EngineError, InputError, Op, OpOptions, RunConfig};
 
 mod diff;
+
+/// Exit code of an input or usage error (the same as clap's for a bad command line).
+const EXIT_INPUT: u8 = 2;
+/// Exit code of every other failure: a failed check, a device error, an I/O error on the output.
+const EXIT_FAILURE: u8 = 1;
+
+/// `--backend cpu|cuda`, listed in `--help`.
+fn device_parser() -> impl TypedValueParser<Value = DeviceKind> {
+    PossibleValuesParser::new(DeviceKind::ALL.map(DeviceKind::name)).map(|s| DeviceKind::from_name(&s).expect("a listed name"))
+}
+
+/// The operations of `moe op` (SPEC §8), listed in `--help`.
+fn op_parser() -> impl TypedValueParser<Value = Op> {
+    PossibleValuesParser::new(Op::FILE_OPS.map(Op::name)).map(|s| Op::from_name(&s).expect("a listed name"))
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,12 +103,13 @@ struct RunArgs {
     #[arg(long, default_value = "vllm-bf16", value_parser = parse_numerics)]
     numerics: Numerics,
     /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
-    backend: BackendKind,
+    #[arg(long, default_value = "cpu", value_parser = device_parser())]
+    backend: DeviceKind,
     /// Worker threads of the CPU work (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Live rows per expert whose GEMM outputs the naive reference recomputes.
+    /// Random live rows per expert whose GEMM outputs the naive reference recomputes, besides
+    /// each expert's first and last live row, which are always recomputed.
     #[arg(long, default_value_t = 2)]
     check_rows: usize,
 }
@@ -102,7 +117,7 @@ struct RunArgs {
 #[derive(Debug, Args)]
 struct OpArgs {
     /// The operation.
-    #[arg(value_enum)]
+    #[arg(value_parser = op_parser())]
     name: Op,
     /// Input safetensors file.
     #[arg(long = "in", value_name = "IN.safetensors")]
@@ -111,8 +126,8 @@ struct OpArgs {
     #[arg(long = "out", value_name = "OUT.safetensors")]
     output: PathBuf,
     /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
-    backend: BackendKind,
+    #[arg(long, default_value = "cpu", value_parser = device_parser())]
+    backend: DeviceKind,
     /// Activation scale format (token-group-quant, silu-mul-quant, grouped-gemm, experts, prepare).
     #[arg(long, default_value = "f32", value_parser = parse_scale_fmt)]
     scale_fmt: ScaleFormat,
@@ -133,7 +148,7 @@ struct OpArgs {
     threads: Option<usize>,
 }
 
-fn set_threads(threads: Option<usize>) -> Result<(), CliError> {
+fn set_threads(threads: Option<usize>) -> Result<(), EngineError> {
     if let Some(n) = threads {
         if n == 0 {
             return Err(InputError::Usage("--threads must be at least 1".into()).into());
@@ -176,7 +191,7 @@ impl Progress {
     }
 }
 
-fn cmd_run(a: RunArgs) -> Result<(), CliError> {
+fn cmd_run(a: RunArgs) -> Result<(), EngineError> {
     set_threads(a.threads)?;
     let cfg = RunConfig {
         experts: a.experts,
@@ -191,11 +206,11 @@ fn cmd_run(a: RunArgs) -> Result<(), CliError> {
         check_rows: a.check_rows,
         ..RunConfig::default()
     };
-    run::validate(&cfg)?;
+    pipeline::validate(&cfg)?;
     let progress = Progress::new();
     progress.stage(&format!("opening backend {}", a.backend.name()));
-    let backend = engine::open(a.backend)?;
-    let report = run::run(&cfg, backend.as_ref(), a.backend == BackendKind::Cpu, &|m| progress.stage(m));
+    let device = Device::open(a.backend)?;
+    let report = pipeline::run(&cfg, &device, &|m| progress.stage(m));
     progress.finish();
     let report = report?;
     print!("{}", report.render());
@@ -203,11 +218,11 @@ fn cmd_run(a: RunArgs) -> Result<(), CliError> {
         Ok(())
     } else {
         let failed: Vec<&str> = report.checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
-        Err(CliError::CheckFailed(failed.join(", ")))
+        Err(EngineError::CheckFailed(failed.join(", ")))
     }
 }
 
-fn cmd_op(a: OpArgs) -> Result<(), CliError> {
+fn cmd_op(a: OpArgs) -> Result<(), EngineError> {
     set_threads(a.threads)?;
     let opts = OpOptions {
         scale_fmt: a.scale_fmt,
@@ -216,29 +231,26 @@ fn cmd_op(a: OpArgs) -> Result<(), CliError> {
         experts: a.experts,
         capacity: a.capacity,
     };
-    let bytes = std::fs::read(&a.input).map_err(|source| CliError::ReadInput {
-        path: a.input.display().to_string(),
-        source,
-    })?;
+    let file = MappedFile::open(&a.input)?;
     // Validate before opening a device, so bad input is reported as such on every machine.
-    let inputs = moe_cli::read_inputs(a.name, &opts, &bytes)?;
-    drop(bytes);
-    let backend = engine::open(a.backend)?;
-    let outputs = moe_cli::execute(&inputs, backend.as_ref())?;
+    let inputs = moe_engine::read_inputs(a.name, &opts, file.bytes())?;
+    drop(file);
+    let device = Device::open(a.backend)?;
+    let outputs = moe_engine::execute(&inputs, device.backend())?;
     let path = a.output.display().to_string();
-    let data = moe_cli::tensors::serialize(&outputs).map_err(|e| CliError::WriteOutput {
+    let data = st::serialize(&outputs).map_err(|e| EngineError::WriteOutput {
         path: path.clone(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    moe_cli::tensors::write_atomic(&a.output, &data).map_err(|source| CliError::WriteOutput { path, source })
+    st::write_atomic(&a.output, &data).map_err(|source| EngineError::WriteOutput { path, source })
 }
 
-fn cmd_info() -> Result<(), CliError> {
+fn cmd_info() -> Result<(), EngineError> {
     println!("moe {}", env!("CARGO_PKG_VERSION"));
-    println!("backends: {}", engine::compiled_backends().join(", "));
+    println!("backends: {}", device::compiled_backends().join(", "));
     println!("threads: {}", rayon::current_num_threads());
     println!("cuda:");
-    for line in engine::cuda_devices() {
+    for line in device::cuda_devices() {
         println!("  {line}");
     }
     Ok(())
@@ -256,7 +268,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("moe: error: {}", e.one_line());
-            ExitCode::from(e.exit_code())
+            ExitCode::from(if e.is_input() { EXIT_INPUT } else { EXIT_FAILURE })
         }
     }
 }

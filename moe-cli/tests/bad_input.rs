@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use half::bf16;
-use moe_cli::{read_inputs, Op, OpOptions};
+use moe_engine::{read_inputs, Op, OpOptions};
 
 /// Runs `moe op` on `input` and checks exit code 2, a one-line message containing every needle,
 /// and that neither the output nor a temporary file appeared.
@@ -231,7 +231,7 @@ fn read_inputs_survives_every_truncation_and_byte_flip_of_valid_files() {
 
 #[test]
 fn cuda_backend_without_the_feature_says_how_to_enable_it() {
-    if moe_cuda::ENABLED {
+    if moe_engine::DeviceKind::Cuda.compiled_in() {
         eprintln!("skipped: this build has the cuda feature");
         return;
     }

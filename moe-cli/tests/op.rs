@@ -5,11 +5,11 @@ mod common;
 
 use common::*;
 use half::bf16;
-use moe_cli::synth::Rng;
 use moe_core::{
     Activation, Backend, BatchedExperts, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize, GroupedGemm, Numerics, Prepare,
     ScaleBuf, ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
+use moe_engine::rng::Rng;
 use moe_ref_cpu::CpuBackend;
 
 fn scale_t(name: &'static str, shape: &[usize], s: &ScaleBuf) -> T {

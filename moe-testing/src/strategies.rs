@@ -25,7 +25,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
-use crate::cases::*;
+use moe_engine::ops::*;
 
 /// Cases per property when `PROPTEST_CASES` is not set: keeps the whole suite well under two
 /// minutes on two cores.
@@ -167,7 +167,7 @@ pub fn token_group_quant_case() -> impl Strategy<Value = TokenGroupQuantCase> {
         )
             .prop_map(move |(v, fmt, layout, bf)| TokenGroupQuantCase {
                 p: TokenGroupQuant::new(rows, g * GROUP, fmt, layout).expect("valid shape"),
-                x: Input::from_f32(v, bf),
+                x: ActBuf::from_f32(v, bf),
             })
     })
 }
@@ -177,7 +177,7 @@ pub fn batched_quant_case() -> impl Strategy<Value = BatchedQuantCase> {
     etg().prop_flat_map(|(e, t, g)| {
         (groups(e * t * g), vec(count(t), e), scale_format(), any::<bool>()).prop_map(move |(v, counts, fmt, bf)| BatchedQuantCase {
             p: BatchedTokenGroupQuant::new(e, t, g * GROUP, fmt).expect("valid shape"),
-            x: Input::from_f32(v, bf),
+            x: ActBuf::from_f32(v, bf),
             counts,
         })
     })
@@ -202,7 +202,7 @@ pub fn block_quant_case() -> impl Strategy<Value = BlockQuantCase> {
                 }
                 BlockQuantCase {
                     p: BlockQuant::new(e, r, c, pow2).expect("valid shape"),
-                    w: Input::from_f32(v, bf),
+                    w: ActBuf::from_f32(v, bf),
                 }
             })
     })

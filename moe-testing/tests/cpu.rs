@@ -4,11 +4,11 @@
 
 use std::sync::OnceLock;
 
+use moe_engine::GemmContract;
 use moe_ref_cpu::CpuBackend as Dut;
-use moe_testing::GemmTol;
 
 /// The CPU backend is exact, the GEMM included.
-const GEMM_TOL: GemmTol = GemmTol::Exact;
+const GEMM_TOL: GemmContract = GemmContract::Exact;
 
 /// The backends under test, labelled; the CPU is always present.
 fn duts_or_skip(_test: &str) -> Option<&'static [(String, Dut)]> {

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use moe_cuda::CudaBackend as Dut;
-use moe_testing::GemmTol;
+use moe_engine::GemmContract;
 
 /// The GEMM bound of SPEC §5.3 with the largest constant the spec allows, `c = 2^-12`; the CUDA
 /// backend's measured constant (documented with its evidence in moe-cuda) must not exceed it.
-const GEMM_TOL: GemmTol = GemmTol::Bounded { c: 1.0 / 4096.0 };
+const GEMM_TOL: GemmContract = GemmContract::Bounded { c: 1.0 / 4096.0 };
 
 static SKIPPED: AtomicUsize = AtomicUsize::new(0);
 

@@ -7,9 +7,9 @@
 //!   wrong for scales just above a power of two.
 
 use moe_core::*;
+use moe_engine::ops::TokenGroupQuantCase;
+use moe_engine::verify::check::check_token_group_quant;
 use moe_ref_cpu::CpuBackend;
-use moe_testing::cases::TokenGroupQuantCase;
-use moe_testing::check::check_token_group_quant;
 use moe_testing::oracle::e4m3_nearest_ties_away;
 use moe_testing::strategies::{config, token_group_quant_case};
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -119,14 +119,14 @@ fn hunt(bug: Bug) -> (TokenGroupQuantCase, String) {
 
 fn describe(c: &TokenGroupQuantCase) -> String {
     let nonzero: Vec<(usize, f32)> = match &c.x {
-        moe_testing::cases::Input::Bf16(v) => v
+        moe_engine::ops::ActBuf::Bf16(v) => v
             .iter()
             .map(|x| x.to_f32())
             .enumerate()
             .filter(|(_, x)| *x != 0.0)
             .take(6)
             .collect(),
-        moe_testing::cases::Input::F32(v) => v.iter().copied().enumerate().filter(|(_, x)| *x != 0.0).take(6).collect(),
+        moe_engine::ops::ActBuf::F32(v) => v.iter().copied().enumerate().filter(|(_, x)| *x != 0.0).take(6).collect(),
     };
     format!(
         "rows {}, K {}, {}, {:?}, nonzero (first 6): {nonzero:?}",
@@ -154,7 +154,8 @@ fn ceil_via_log2_is_caught_by_the_token_group_quant_property() {
 
 #[test]
 fn run_diff_counts_the_planted_bug_and_passes_the_real_backend() {
-    use moe_testing::diff::{run_diff, DiffOptions, Op};
+    use moe_engine::verify::diff::{run_diff, DiffOptions};
+    use moe_engine::Op;
     let opts = DiffOptions {
         cases: 40,
         seed: 3,

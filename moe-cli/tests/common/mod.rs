@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use half::bf16;
-use moe_cli::synth::Rng;
+use moe_engine::rng::Rng;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -101,12 +101,12 @@ pub fn sorted(mut v: Vec<T>) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
 
 /// Random bf16 values on (-2, 2).
 pub fn rand_bf16(rng: &mut Rng, n: usize) -> Vec<bf16> {
-    (0..n).map(|_| bf16::from_f32((rng.unit() - 0.5) * 4.0)).collect()
+    (0..n).map(|_| bf16::from_f32((rng.unit_positive() - 0.5) * 4.0)).collect()
 }
 
 /// Random f32 values on (-2, 2).
 pub fn rand_f32(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| (rng.unit() - 0.5) * 4.0).collect()
+    (0..n).map(|_| (rng.unit_positive() - 0.5) * 4.0).collect()
 }
 
 /// Random finite E4M3 bytes (no NaN codes).
@@ -123,5 +123,5 @@ pub fn rand_f8(rng: &mut Rng, n: usize) -> Vec<u8> {
 
 /// Random positive scales.
 pub fn rand_scales(rng: &mut Rng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.unit() * 0.01 + 0.001).collect()
+    (0..n).map(|_| rng.unit_positive() * 0.01 + 0.001).collect()
 }

@@ -2,9 +2,9 @@
 //! intermediates), dead rows of every intermediate and of the output untouched, and end to end
 //! with `calc_diff < 1e-5` on random data (SPEC §5.4).
 
-use moe_testing::cases::*;
-use moe_testing::check::*;
-use moe_testing::rng::Rng;
+use moe_engine::ops::*;
+use moe_engine::rng::Rng;
+use moe_engine::verify::check::*;
 use moe_testing::strategies::{self, config};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

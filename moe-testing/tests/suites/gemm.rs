@@ -1,9 +1,9 @@
 //! The masked grouped GEMM: within `ulp_bf16(d_ref) + c · bound` per element (bit-exact for
-//! `GemmTol::Exact`), NaN positions equal, dead rows untouched (SPEC §5.3).
+//! `GemmContract::Exact`), NaN positions equal, dead rows untouched (SPEC §5.3).
 
-use moe_testing::cases::*;
-use moe_testing::check::*;
-use moe_testing::rng::Rng;
+use moe_engine::ops::*;
+use moe_engine::rng::Rng;
+use moe_engine::verify::check::*;
 use moe_testing::strategies::{self, config};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

@@ -4,9 +4,9 @@
 //! Mounted per backend: the mounting file provides `duts_or_skip`.
 
 use moe_core::Backend;
-use moe_testing::cases::*;
-use moe_testing::check::*;
-use moe_testing::rng::Rng;
+use moe_engine::ops::*;
+use moe_engine::rng::Rng;
+use moe_engine::verify::check::*;
 use moe_testing::strategies::{self, config};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -88,7 +88,7 @@ fn one_row_cases(v: &[f32]) -> Vec<TokenGroupQuantCase> {
             for bf in [false, true] {
                 out.push(TokenGroupQuantCase {
                     p: moe_core::TokenGroupQuant::new(1, v.len(), fmt, layout).unwrap(),
-                    x: Input::from_f32(v.to_vec(), bf),
+                    x: ActBuf::from_f32(v.to_vec(), bf),
                 });
             }
         }
@@ -109,7 +109,7 @@ fn token_group_quant_ties_to_even_at_half_the_smallest_subnormal() {
     for c in one_row_cases(&v) {
         on_each(duts, |d| check_token_group_quant(d, &c)).unwrap();
         let mut q = vec![0u8; 128];
-        let mut s = moe_testing::compare::poison_scales(c.p.scale_format(), c.p.scale_shape().iter().product());
+        let mut s = moe_engine::verify::compare::poison_scales(c.p.scale_format(), c.p.scale_shape().iter().product());
         duts[0].1.token_group_quant(&c.p, c.x.view(), &mut q, s.view_mut()).unwrap();
         assert_eq!((q[0], q[1]), (0x7E, 0x00));
     }
@@ -127,11 +127,11 @@ fn token_group_quant_ceils_a_scale_just_above_a_power_of_two() {
     v[0] = f32::from_bits(7168f32.to_bits() + 1);
     for c in one_row_cases(&v)
         .into_iter()
-        .filter(|c| c.p.scale_format().is_ceil() && matches!(c.x, Input::F32(_)))
+        .filter(|c| c.p.scale_format().is_ceil() && matches!(c.x, ActBuf::F32(_)))
     {
         on_each(duts, |d| check_token_group_quant(d, &c)).unwrap();
         let mut q = vec![0u8; 128];
-        let mut s = moe_testing::compare::poison_scales(c.p.scale_format(), c.p.scale_shape().iter().product());
+        let mut s = moe_engine::verify::compare::poison_scales(c.p.scale_format(), c.p.scale_shape().iter().product());
         duts[0].1.token_group_quant(&c.p, c.x.view(), &mut q, s.view_mut()).unwrap();
         assert_eq!(q[0], 0x76, "{:?}", c.p.scale_format());
         if let moe_core::ScaleBuf::F32(s) = s {

@@ -1,9 +1,9 @@
 //! Prepare (dispatch + quantize) and finalize (weight + combine): bit-exact, rows past the routed
 //! counts untouched, bad ids and overflow rejected like the reference (SPEC §5.5).
 
-use moe_testing::cases::*;
-use moe_testing::check::*;
-use moe_testing::rng::Rng;
+use moe_engine::ops::*;
+use moe_engine::rng::Rng;
+use moe_engine::verify::check::*;
 use moe_testing::strategies::{self, config};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

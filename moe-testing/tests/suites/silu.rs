@@ -1,9 +1,9 @@
 //! SiLU-and-multiply + quantization: bit-exact in both numerics and every scale format, dead rows
 //! untouched (SPEC §5.2).
 
-use moe_testing::cases::*;
-use moe_testing::check::*;
-use moe_testing::rng::Rng;
+use moe_engine::ops::*;
+use moe_engine::rng::Rng;
+use moe_engine::verify::check::*;
 use moe_testing::strategies::{self, config};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

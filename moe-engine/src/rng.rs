@@ -1,7 +1,19 @@
-//! A small deterministic generator (SplitMix64) and the value distributions of the random cases
-//! (`moe diff`, the fixed suites). Seeded, so a case is reproduced from `(seed, index)`.
+//! The engine's one seeded generator (SplitMix64), with the value distributions of the random
+//! cases (`moe diff`, the suites) and of the synthetic run (`moe run`'s router and sampling).
+//! Seeded, so a case is reproduced from `(seed, index)`.
+//!
+//! Its state step and output mix are those of SplitMix64; [`mix64`] (the output mix alone) also
+//! drives the counter-based generator of `weights::synth`.
 
 use moe_core::{bf16, e4m3_to_f32};
+
+/// SplitMix64's output function: a bijective mix of 64 bits.
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// SplitMix64: tiny, fast, and good enough to spread test values.
 #[derive(Debug, Clone)]
@@ -25,15 +37,30 @@ impl Rng {
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix64(self.0)
     }
 
-    /// Uniform in `0..n` (`n > 0`).
+    /// Uniform in `0..n` (`n > 0`; the modulo bias is negligible for the small `n` used here).
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
+    }
+
+    /// Uniform in `0..=n`.
+    pub fn up_to(&mut self, n: usize) -> usize {
+        (self.next_u64() % (n as u64 + 1)) as usize
+    }
+
+    /// Uniform in `(0, 1]`, 24 random bits.
+    pub fn unit_positive(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 + 1.0) * (1.0 / 16_777_216.0)
+    }
+
+    /// Shuffles `v` (Fisher–Yates).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.up_to(i);
+            v.swap(i, j);
+        }
     }
 
     /// Uniform in `lo..=hi`.
@@ -41,8 +68,8 @@ impl Rng {
         lo + (self.next_u64() % (hi - lo + 1) as u64) as i64
     }
 
-    /// Uniform in `[-1, 1)`.
-    pub fn unit(&mut self) -> f32 {
+    /// Uniform in `[-1, 1)`, 24 random bits.
+    pub fn unit_signed(&mut self) -> f32 {
         ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
@@ -62,7 +89,7 @@ impl Rng {
 
     /// A finite "random data" value: `unit · 2^exp` with `exp` in `[-e, e]`.
     pub fn finite(&mut self, e: i64) -> f32 {
-        self.unit() * 2f32.powi(self.range(-e, e) as i32)
+        self.unit_signed() * 2f32.powi(self.range(-e, e) as i32)
     }
 
     /// A value with the hard cases mixed in: E4M3 midpoints and codes at a power-of-two scale,
@@ -87,7 +114,7 @@ impl Rng {
                 sign * ((lo + hi) / 2.0) as f32 * scale
             }
             12..=13 => sign * e4m3_to_f32(code.min(0x7E)) * scale,
-            _ => self.unit() * 448.0 * scale,
+            _ => self.unit_signed() * 448.0 * scale,
         }
     }
 

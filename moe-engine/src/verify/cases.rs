@@ -1,138 +1,17 @@
-//! Owned inputs of one case of each operation, and seeded random builders for them.
+//! Seeded random builders of the owned inputs of each operation ([`crate::ops`]'s `*Case`
+//! types).
 //!
-//! A case holds a validated problem and its input buffers; the outputs are created (poisoned) by
-//! the checks in [`crate::check`]. Inputs need not be sensible: NaN, infinities and extreme
-//! scales are valid inputs with specified results (SPEC §7).
+//! The outputs are created (poisoned) by the checks in [`crate::verify::check`]. Inputs need not
+//! be sensible: NaN, infinities and extreme scales are valid inputs with specified results
+//! (SPEC §7).
 
 use moe_core::{
-    bf16, Activation, BatchedTokenGroupQuant, BlockQuant, Experts, ExpertsInputs, Finalize, GroupedGemm, Numerics, Prepare, ScaleBuf,
-    ScaleFormat, ScaleLayout, SiluMulQuant, TokenGroupQuant, WeightsRef, GROUP,
+    bf16, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout,
+    SiluMulQuant, TokenGroupQuant, GROUP,
 };
 
+use crate::ops::*;
 use crate::rng::Rng;
-
-/// An activation tensor, bf16 or f32.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Input {
-    /// bf16 values.
-    Bf16(Vec<bf16>),
-    /// f32 values.
-    F32(Vec<f32>),
-}
-
-impl Input {
-    /// A borrowed view.
-    pub fn view(&self) -> Activation<'_> {
-        match self {
-            Input::Bf16(v) => Activation::Bf16(v),
-            Input::F32(v) => Activation::F32(v),
-        }
-    }
-
-    /// From f32 values, rounded to bf16 when `bf16` is set.
-    pub fn from_f32(v: Vec<f32>, bf16: bool) -> Self {
-        if bf16 {
-            Input::Bf16(v.into_iter().map(moe_core::bf16::from_f32).collect())
-        } else {
-            Input::F32(v)
-        }
-    }
-
-    /// The same tensor without its last element (a buffer of the wrong length).
-    pub fn shortened(&self) -> Self {
-        match self {
-            Input::Bf16(v) => Input::Bf16(v[..v.len().saturating_sub(1)].to_vec()),
-            Input::F32(v) => Input::F32(v[..v.len().saturating_sub(1)].to_vec()),
-        }
-    }
-}
-
-/// Token-group quantization of `(rows, K)` (SPEC §5.1).
-#[derive(Debug, Clone)]
-pub struct TokenGroupQuantCase {
-    pub p: TokenGroupQuant,
-    pub x: Input,
-}
-
-/// Batched token-group quantization of `(E, T, K)` with `counts` (SPEC §5.1).
-#[derive(Debug, Clone)]
-pub struct BatchedQuantCase {
-    pub p: BatchedTokenGroupQuant,
-    pub x: Input,
-    pub counts: Vec<i32>,
-}
-
-/// Block quantization of weights `(E, R, C)` (SPEC §4).
-#[derive(Debug, Clone)]
-pub struct BlockQuantCase {
-    pub p: BlockQuant,
-    pub w: Input,
-}
-
-/// SiLU-and-multiply + quantization of `(E, T, 2H)` (SPEC §5.2).
-#[derive(Debug, Clone)]
-pub struct SiluMulQuantCase {
-    pub p: SiluMulQuant,
-    pub y: Vec<bf16>,
-    pub counts: Vec<i32>,
-}
-
-/// The masked grouped GEMM (SPEC §5.3).
-#[derive(Debug, Clone)]
-pub struct GemmCase {
-    pub p: GroupedGemm,
-    pub a: Vec<u8>,
-    pub sa: ScaleBuf,
-    pub b: Vec<u8>,
-    pub sb: Vec<f32>,
-    pub counts: Vec<i32>,
-}
-
-/// The batched experts stage (SPEC §5.4).
-#[derive(Debug, Clone)]
-pub struct ExpertsCase {
-    pub p: Experts,
-    pub a1q: Vec<u8>,
-    pub a1s: ScaleBuf,
-    pub w1: Vec<u8>,
-    pub w1s: Vec<f32>,
-    pub w2: Vec<u8>,
-    pub w2s: Vec<f32>,
-    pub counts: Vec<i32>,
-    /// Whether the inputs are "random data" (finite, sensible scales), for which the end-to-end
-    /// `calc_diff < 1e-5` requirement applies.
-    pub random_data: bool,
-}
-
-impl ExpertsCase {
-    /// The borrowed inputs.
-    pub fn inputs(&self) -> ExpertsInputs<'_> {
-        ExpertsInputs {
-            a1q: &self.a1q,
-            a1s: self.a1s.view(),
-            w1: WeightsRef { q: &self.w1, s: &self.w1s },
-            w2: WeightsRef { q: &self.w2, s: &self.w2s },
-            counts: &self.counts,
-        }
-    }
-}
-
-/// Dispatch + quantize (SPEC §5.5).
-#[derive(Debug, Clone)]
-pub struct PrepareCase {
-    pub p: Prepare,
-    pub x: Vec<bf16>,
-    pub topk_ids: Vec<i32>,
-}
-
-/// Weight + combine (SPEC §5.5).
-#[derive(Debug, Clone)]
-pub struct FinalizeCase {
-    pub p: Finalize,
-    pub expert_out: Vec<bf16>,
-    pub topk_ids: Vec<i32>,
-    pub topk_weights: Vec<f32>,
-}
 
 /// A scale format drawn uniformly.
 pub fn any_format(r: &mut Rng) -> ScaleFormat {
@@ -192,7 +71,7 @@ pub fn scales_for(r: &mut Rng, fmt: ScaleFormat, e: usize, t: usize, groups: usi
                     if hard && r.one_in(16) {
                         r.hard(-8).abs()
                     } else {
-                        (r.unit().abs() + 0.01) * 2f32.powi(r.range(-17, 8) as i32)
+                        (r.unit_signed().abs() + 0.01) * 2f32.powi(r.range(-17, 8) as i32)
                     }
                 })
                 .collect(),
@@ -207,7 +86,7 @@ pub fn weight_scales(r: &mut Rng, n: usize, hard: bool) -> Vec<f32> {
             if hard && r.one_in(16) {
                 r.hard(-8).abs()
             } else {
-                (r.unit().abs() + 0.01) * 2f32.powi(r.range(-12, 0) as i32)
+                (r.unit_signed().abs() + 0.01) * 2f32.powi(r.range(-12, 0) as i32)
             }
         })
         .collect()
@@ -222,7 +101,7 @@ impl TokenGroupQuantCase {
         let bf = r.one_in(2);
         Self {
             p,
-            x: Input::from_f32(activation_rows(r, rows, k, hard), bf),
+            x: ActBuf::from_f32(activation_rows(r, rows, k, hard), bf),
         }
     }
 }
@@ -236,7 +115,7 @@ impl BatchedQuantCase {
         let bf = r.one_in(2);
         Self {
             p,
-            x: Input::from_f32(activation_rows(r, e * t, k, hard), bf),
+            x: ActBuf::from_f32(activation_rows(r, e * t, k, hard), bf),
             counts,
         }
     }
@@ -254,7 +133,7 @@ impl BlockQuantCase {
         let bf = r.one_in(2);
         Self {
             p,
-            w: Input::from_f32(v, bf),
+            w: ActBuf::from_f32(v, bf),
         }
     }
 }
@@ -362,7 +241,7 @@ impl FinalizeCase {
             .map(|_| bf16::from_f32(if hard && r.one_in(8) { r.hard(0) } else { r.finite(8) }))
             .collect();
         let topk_weights = (0..m * topk)
-            .map(|_| if hard && r.one_in(8) { r.hard(-3) } else { r.unit().abs() })
+            .map(|_| if hard && r.one_in(8) { r.hard(-3) } else { r.unit_signed().abs() })
             .collect();
         Self {
             p,

@@ -10,58 +10,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use moe_core::BatchedExperts;
 
-use crate::cases::*;
-use crate::check::*;
+use crate::device::GemmContract;
+use crate::ops::*;
 use crate::rng::Rng;
-
-/// The operations `moe diff` covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    TokenGroupQuant,
-    BatchedQuant,
-    BlockQuant,
-    SiluMulQuant,
-    GroupedGemm,
-    Experts,
-    Prepare,
-    Finalize,
-}
-
-impl Op {
-    /// Every operation, in pipeline order.
-    pub const ALL: [Op; 8] = [
-        Op::Prepare,
-        Op::TokenGroupQuant,
-        Op::BatchedQuant,
-        Op::BlockQuant,
-        Op::GroupedGemm,
-        Op::SiluMulQuant,
-        Op::Experts,
-        Op::Finalize,
-    ];
-
-    /// The command-line name (as `moe op`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::TokenGroupQuant => "token-group-quant",
-            Op::BatchedQuant => "batched-quant",
-            Op::BlockQuant => "block-quant",
-            Op::SiluMulQuant => "silu-mul-quant",
-            Op::GroupedGemm => "grouped-gemm",
-            Op::Experts => "experts",
-            Op::Prepare => "prepare",
-            Op::Finalize => "finalize",
-        }
-    }
-
-    /// What the operation is held to.
-    pub fn contract(self) -> &'static str {
-        match self {
-            Op::GroupedGemm | Op::Experts => "bound",
-            _ => "bit-exact",
-        }
-    }
-}
+use crate::verify::check::*;
 
 /// Options of a diff run.
 #[derive(Debug, Clone)]
@@ -71,7 +23,7 @@ pub struct DiffOptions {
     /// The seed.
     pub seed: u64,
     /// How the GEMM stages are compared (the backend's measured `c`, or exact).
-    pub gemm_tol: GemmTol,
+    pub gemm_tol: GemmContract,
     /// The operations to run.
     pub ops: Vec<Op>,
 }
@@ -81,7 +33,7 @@ impl Default for DiffOptions {
         Self {
             cases: 100,
             seed: 0,
-            gemm_tol: GemmTol::Exact,
+            gemm_tol: GemmContract::Exact,
             ops: Op::ALL.to_vec(),
         }
     }
@@ -90,6 +42,7 @@ impl Default for DiffOptions {
 /// The results of one operation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpSummary {
+    /// The operation that needs it.
     pub op: Op,
     /// Cases run.
     pub cases: usize,
@@ -108,8 +61,11 @@ pub struct OpSummary {
 /// The results of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiffSummary {
+    /// The backend's name.
     pub backend: String,
+    /// Seed of every random choice.
     pub seed: u64,
+    /// One summary per operation.
     pub ops: Vec<OpSummary>,
 }
 
@@ -120,7 +76,7 @@ impl DiffSummary {
     }
 }
 
-fn run_case<B: BatchedExperts + ?Sized>(dut: &B, op: Op, r: &mut Rng, hard: bool, tol: GemmTol) -> Checked {
+fn run_case<B: BatchedExperts + ?Sized>(dut: &B, op: Op, r: &mut Rng, hard: bool, tol: GemmContract) -> Checked {
     fn both(main: Checked, rejects: Result<(), String>) -> Checked {
         let o = main?;
         rejects.map_err(|e| format!("bad input: {e}"))?;
@@ -177,7 +133,7 @@ pub fn run_diff<B: BatchedExperts + ?Sized>(dut: &B, opts: &DiffOptions, mut pro
             failures: Vec::new(),
         };
         for i in 0..opts.cases {
-            let mut r = Rng::for_case(opts.seed, op as u64, i as u64);
+            let mut r = Rng::for_case(opts.seed, op.stream(), i as u64);
             let hard = i % 2 == 1;
             let res = catch_unwind(AssertUnwindSafe(|| run_case(dut, op, &mut r, hard, opts.gemm_tol))).unwrap_or_else(|p| {
                 Err(format!(

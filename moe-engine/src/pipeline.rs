@@ -17,18 +17,18 @@ use moe_core::{
     WeightsRef, GROUP,
 };
 use moe_ref_cpu::{CpuBackend, NaiveCpu};
-use rayon::prelude::*;
 
-use crate::error::{CliError, InputError};
-use crate::synth::{self, Rng};
+use crate::device::{Device, GemmContract};
+use crate::error::{EngineError, InputError};
+use crate::rng::Rng;
+use crate::verify::run_check::{self, bits16, bits_check, calc_diff, check_block_quant, check_gemm, sample_rows};
+use crate::weights::synth;
 
-/// The GPU bound's constant `c` of SPEC §5.3 (its largest allowed value).
-pub const GEMM_BOUND_C: f64 = 1.0 / 4096.0;
 /// The largest end-to-end `calc_diff` accepted against the CPU reference (SPEC §5.4).
 pub const CALC_DIFF_MAX: f64 = 1e-5;
 
 /// Scale of the synthetic weights (activations are on `(-1, 1)`).
-const W_SCALE: f32 = 0.05;
+pub(crate) const W_SCALE: f32 = 0.05;
 const STREAM_X: u64 = 1;
 const STREAM_W1: u64 = 2;
 const STREAM_W2: u64 = 3;
@@ -38,14 +38,23 @@ const STREAM_CHECK: u64 = 5;
 /// What `moe run` runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunConfig {
+    /// Local experts `E`.
     pub experts: usize,
+    /// Capacity `T` (max tokens per expert).
     pub capacity: usize,
+    /// Hidden size `K` (a multiple of 128).
     pub hidden: usize,
+    /// Expert intermediate size `I` (a multiple of 128).
     pub intermediate: usize,
+    /// Tokens `M`.
     pub tokens: usize,
+    /// Router slots per token.
     pub topk: usize,
+    /// Seed of every random choice.
     pub seed: u64,
+    /// Activation scale format (ceil formats also give power-of-two weight scales).
     pub scale_fmt: ScaleFormat,
+    /// SiLU-mul-quant arithmetic.
     pub numerics: Numerics,
     /// Live rows per expert whose GEMM outputs are recomputed by the naive reference.
     pub check_rows: usize,
@@ -84,8 +93,11 @@ pub enum Work {
 /// One timed stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stage {
+    /// The name shown in the report.
     pub name: &'static str,
+    /// Wall time in seconds.
     pub secs: f64,
+    /// Its amount of work.
     pub work: Work,
 }
 
@@ -104,16 +116,22 @@ impl Stage {
 /// One verdict of the check.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
+    /// The name shown in the report.
     pub name: String,
+    /// Whether it passed.
     pub ok: bool,
+    /// What was found.
     pub detail: String,
 }
 
 /// Everything `moe run` found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunReport {
+    /// The first line: backend, shapes, options.
     pub header: String,
+    /// The timed stages.
     pub stages: Vec<Stage>,
+    /// The verdicts of the check.
     pub checks: Vec<Check>,
     /// Wall time of the check.
     pub check_secs: f64,
@@ -154,11 +172,14 @@ fn timed<R>(f: impl FnOnce() -> R) -> (R, f64) {
     (r, t0.elapsed().as_secs_f64())
 }
 
-/// Runs the synthetic layer on `backend` and checks it. `exact` says whether the backend's GEMM
-/// must be bit-identical to the reference (the CPU backend) or only within the §5.3 bound.
+/// Runs the synthetic layer on `device` and checks it: the backend's GEMM must be bit-identical to
+/// the reference or within the §5.3 bound, as its [`GemmContract`] says.
 /// `progress` is told the name of each step as it starts.
-pub fn run(cfg: &RunConfig, backend: &dyn BatchedExperts, exact: bool, progress: &dyn Fn(&str)) -> Result<RunReport, CliError> {
+pub fn run(cfg: &RunConfig, device: &Device, progress: &dyn Fn(&str)) -> Result<RunReport, EngineError> {
     validate(cfg)?;
+    let backend = device.backend();
+    let contract = device.gemm_contract();
+    let exact = contract == GemmContract::Exact;
     let t_start = Instant::now();
     let (e, t, k, i, m, topk) = (cfg.experts, cfg.capacity, cfg.hidden, cfg.intermediate, cfg.tokens, cfg.topk);
     let (fmt, numerics) = (cfg.scale_fmt, cfg.numerics);
@@ -178,7 +199,7 @@ pub fn run(cfg: &RunConfig, backend: &dyn BatchedExperts, exact: bool, progress:
     // Weights, generated and quantized one expert at a time so the bf16 copy stays small.
     let pow2 = fmt.is_ceil();
     let mut chunk = vec![bf16::ZERO; 2 * i * k];
-    let mut quant_weights = |stream: u64, r: usize, c: usize, label: &'static str| -> Result<(Vec<u8>, Vec<f32>, f64), CliError> {
+    let mut quant_weights = |stream: u64, r: usize, c: usize, label: &'static str| -> Result<(Vec<u8>, Vec<f32>, f64), EngineError> {
         let bq = BlockQuant::new(1, r, c, pow2)?;
         let per_s: usize = bq.scale_shape().iter().product();
         let (mut q, mut s) = (vec![0u8; e * r * c], vec![0f32; e * per_s]);
@@ -345,7 +366,7 @@ pub fn run(cfg: &RunConfig, backend: &dyn BatchedExperts, exact: bool, progress:
         &w1s,
         &samples,
         &ws.h1,
-        exact,
+        contract,
     )?);
 
     progress("checking silu-mul-quant");
@@ -369,7 +390,7 @@ pub fn run(cfg: &RunConfig, backend: &dyn BatchedExperts, exact: bool, progress:
         &w2s,
         &samples,
         &out,
-        exact,
+        contract,
     )?);
 
     progress("checking finalize");
@@ -379,15 +400,24 @@ pub fn run(cfg: &RunConfig, backend: &dyn BatchedExperts, exact: bool, progress:
         checks.push(bits_check("finalize (all tokens)", &[bits16(&yref) == bits16(&y)], m * k));
     }
 
+    progress("checking rows past the counts");
+    checks.push(run_check::dead_rows_zero(
+        &counts,
+        t,
+        &[("a1q", &a1q, k), ("q2", &ws.q2, i)],
+        &[("h1", &ws.h1, 2 * i), ("out", &out, k)],
+    ));
+
     if let Some(same) = own_apply_same {
         checks.push(Check {
             name: "own apply = stage-by-stage apply".into(),
-            // Informational: a bounded backend's resident path may tile its GEMMs differently.
-            ok: true,
+            // The host-slice stages and the resident path run the same kernels: any difference
+            // is a bug of one of them.
+            ok: same,
             detail: if same {
                 "bit-identical".into()
             } else {
-                "differs (allowed: the GEMMs are bounded, not exact)".into()
+                "differs: the host-slice and device-resident paths must be bit-identical".into()
             },
         });
     }
@@ -492,211 +522,6 @@ impl Backend for Timed<'_> {
 
 /// The provided `apply`: the three stages through the timed methods above.
 impl BatchedExperts for Timed<'_> {}
-
-fn bits16(v: &[bf16]) -> Vec<u16> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
-fn bits_check(name: &str, equal: &[bool], elements: usize) -> Check {
-    let ok = equal.iter().all(|&b| b);
-    Check {
-        name: name.into(),
-        ok,
-        detail: if ok {
-            format!("bit-identical to NaiveCpu ({elements} elements)")
-        } else {
-            "differs from NaiveCpu".into()
-        },
-    }
-}
-
-/// `1 - 2Σxy / Σ(x² + y²)` in float64 (DeepGEMM's `calc_diff`).
-pub fn calc_diff(x: &[bf16], y: &[bf16]) -> f64 {
-    let (mut xy, mut sq) = (0f64, 0f64);
-    for (a, b) in x.iter().zip(y) {
-        let (a, b) = (a.to_f64(), b.to_f64());
-        xy += a * b;
-        sq += a * a + b * b;
-    }
-    if sq == 0.0 {
-        0.0
-    } else {
-        1.0 - 2.0 * xy / sq
-    }
-}
-
-/// Up to `n` distinct random live rows of every expert, ascending.
-fn sample_rows(rng: &mut Rng, counts: &[i32], n: usize) -> Vec<(usize, Vec<usize>)> {
-    let mut out = Vec::new();
-    for (e, &c) in counts.iter().enumerate() {
-        let mut rows: Vec<usize> = (0..c.max(0) as usize).collect();
-        rng.shuffle(&mut rows);
-        rows.truncate(n);
-        rows.sort_unstable();
-        if !rows.is_empty() {
-            out.push((e, rows));
-        }
-    }
-    out
-}
-
-/// The spacing of bf16 values at `x` (the smallest subnormal's for zero and subnormals).
-fn ulp_bf16(x: f32) -> f64 {
-    let exp = (bf16::from_f32(x).to_bits() >> 7) & 0xFF;
-    2f64.powi(exp.max(1) as i32 - 127 - 7)
-}
-
-/// Recomputes the GEMM rows `samples` with `NaiveCpu` (each expert's rows as a one-expert
-/// problem) and compares them with the backend's `d`.
-#[allow(clippy::too_many_arguments)]
-fn check_gemm(
-    name: &str,
-    g: &GroupedGemm,
-    a: &[u8],
-    sa: Scales<'_>,
-    b: &[u8],
-    sb: &[f32],
-    samples: &[(usize, Vec<usize>)],
-    d: &[bf16],
-    exact: bool,
-) -> Result<Check, CliError> {
-    let (t_cap, n, kd, fmt) = (g.capacity(), g.n(), g.k(), g.scale_format());
-    let cols = fmt.columns(g.k_blocks());
-    let sb_per = (n / GROUP) * (kd / GROUP);
-    // Per expert: (elements checked, elements outside, worst |diff| / allowed).
-    let per: Vec<Result<(usize, usize, f64), CliError>> = samples
-        .par_iter()
-        .map(|(e, rows)| {
-            let (e, r) = (*e, rows.len());
-            let sub = GroupedGemm::new(1, r, n, kd, fmt)?;
-            let a_sub: Vec<u8> = rows.iter().flat_map(|&t| a[(e * t_cap + t) * kd..][..kd].iter().copied()).collect();
-            let gather = |src: &[u32]| -> Vec<u32> {
-                (0..cols)
-                    .flat_map(|c| rows.iter().map(move |&t| src[(e * cols + c) * t_cap + t]))
-                    .collect()
-            };
-            let (d_ref, bound) = {
-                let mut d_ref = vec![bf16::ZERO; r * n];
-                let mut bound = vec![0f64; r * n];
-                let counts = [r as i32];
-                let b_sub = &b[e * n * kd..][..n * kd];
-                let sb_sub = &sb[e * sb_per..][..sb_per];
-                match sa {
-                    Scales::F32(s) => {
-                        let bits: Vec<u32> = s.iter().map(|v| v.to_bits()).collect();
-                        let sub_s: Vec<f32> = gather(&bits).into_iter().map(f32::from_bits).collect();
-                        NaiveCpu.grouped_gemm_with_bound(
-                            &sub,
-                            &a_sub,
-                            Scales::F32(&sub_s),
-                            b_sub,
-                            sb_sub,
-                            &counts,
-                            &mut d_ref,
-                            &mut bound,
-                        )?;
-                    }
-                    Scales::Packed(s) => {
-                        let words: Vec<u32> = s.iter().map(|&v| v as u32).collect();
-                        let sub_s: Vec<i32> = gather(&words).into_iter().map(|v| v as i32).collect();
-                        NaiveCpu.grouped_gemm_with_bound(
-                            &sub,
-                            &a_sub,
-                            Scales::Packed(&sub_s),
-                            b_sub,
-                            sb_sub,
-                            &counts,
-                            &mut d_ref,
-                            &mut bound,
-                        )?;
-                    }
-                }
-                (d_ref, bound)
-            };
-            let (mut bad, mut worst) = (0usize, 0f64);
-            for (j, &t) in rows.iter().enumerate() {
-                for col in 0..n {
-                    let (rf, dut) = (d_ref[j * n + col], d[(e * t_cap + t) * n + col]);
-                    let ok = if exact {
-                        rf.to_bits() == dut.to_bits()
-                    } else if rf.is_nan() || dut.is_nan() {
-                        rf.is_nan() && dut.is_nan()
-                    } else {
-                        let diff = (dut.to_f64() - rf.to_f64()).abs();
-                        let allowed = ulp_bf16(rf.to_f32()) + GEMM_BOUND_C * bound[j * n + col];
-                        worst = worst.max(diff / allowed);
-                        diff <= allowed
-                    };
-                    bad += usize::from(!ok);
-                }
-            }
-            Ok((r * n, bad, worst))
-        })
-        .collect();
-    let (mut total, mut bad, mut worst) = (0, 0, 0f64);
-    for p in per {
-        let (c, b, w) = p?;
-        total += c;
-        bad += b;
-        worst = worst.max(w);
-    }
-    let detail = match (exact, bad) {
-        (true, 0) => format!("bit-identical to NaiveCpu ({total} elements)"),
-        (true, _) => format!("{bad} of {total} elements differ from NaiveCpu"),
-        (false, 0) => format!("within the §5.3 bound, c = 2^-12 ({total} elements, worst {worst:.3} of allowed)"),
-        (false, _) => format!("{bad} of {total} elements outside the §5.3 bound (worst {worst:.3} of allowed)"),
-    };
-    Ok(Check {
-        name: name.into(),
-        ok: bad == 0,
-        detail,
-    })
-}
-
-/// Recomputes `check_blocks` random 128×128 blocks per expert of a quantized weight from the
-/// regenerated full-precision values and compares them bit for bit.
-#[allow(clippy::too_many_arguments)]
-fn check_block_quant(
-    cfg: &RunConfig,
-    rng: &mut Rng,
-    stream: u64,
-    r: usize,
-    c: usize,
-    label: &str,
-    q: &[u8],
-    s: &[f32],
-) -> Result<Check, CliError> {
-    let pow2 = cfg.scale_fmt.is_ceil();
-    let (rbs, cbs) = (r.div_ceil(GROUP), c.div_ceil(GROUP));
-    let key = synth::key(cfg.seed, stream);
-    let (mut bad, mut blocks) = (0usize, 0usize);
-    for ex in 0..cfg.experts {
-        for _ in 0..cfg.check_blocks {
-            let (rb, cb) = (rng.up_to(rbs - 1), rng.up_to(cbs - 1));
-            let (rows, cols) = ((r - rb * GROUP).min(GROUP), (c - cb * GROUP).min(GROUP));
-            let idx = |rr: usize, cc: usize| ex * r * c + (rb * GROUP + rr) * c + cb * GROUP + cc;
-            let w: Vec<bf16> = (0..rows)
-                .flat_map(|rr| (0..cols).map(move |cc| bf16::from_f32(synth::value(key, idx(rr, cc) as u64).to_f32() * W_SCALE)))
-                .collect();
-            let p = BlockQuant::new(1, rows, cols, pow2)?;
-            let (mut qr, mut sr) = (vec![0u8; rows * cols], [0f32]);
-            NaiveCpu.block_quant(&p, Activation::Bf16(&w), &mut qr, &mut sr)?;
-            let same_q = (0..rows).all(|rr| (0..cols).all(|cc| qr[rr * cols + cc] == q[idx(rr, cc)]));
-            let same_s = sr[0].to_bits() == s[ex * rbs * cbs + rb * cbs + cb].to_bits();
-            bad += usize::from(!(same_q && same_s));
-            blocks += 1;
-        }
-    }
-    Ok(Check {
-        name: format!("block-quant {label} ({blocks} sampled blocks)"),
-        ok: bad == 0,
-        detail: if bad == 0 {
-            "bit-identical to NaiveCpu".into()
-        } else {
-            format!("{bad} blocks differ from NaiveCpu")
-        },
-    })
-}
 
 /// Validates the dimensions of `cfg` the way the command line reports them.
 pub fn validate(cfg: &RunConfig) -> Result<(), InputError> {

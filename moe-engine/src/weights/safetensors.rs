@@ -20,8 +20,11 @@ pub struct TensorFile<'a> {
 /// A tensor's shape and its raw little-endian bytes.
 #[derive(Debug)]
 pub struct RawTensor<'a> {
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Its dtype.
     pub dtype: Dtype,
+    /// Its data, little-endian, unaligned.
     pub bytes: &'a [u8],
 }
 
@@ -130,9 +133,13 @@ pub fn expect_shape(tensor: &'static str, got: &[usize], expected: &[usize], lay
 /// An output tensor, ready to serialize.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutTensor {
+    /// Its name in the file.
     pub name: &'static str,
+    /// Its dtype.
     pub dtype: Dtype,
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Its data, little-endian.
     pub bytes: Vec<u8>,
 }
 

@@ -1,4 +1,4 @@
-//! Seeded synthetic data for `moe run`: a counter-based generator (any element can be
+//! Seeded synthetic data for the pipeline (`moe run`): a counter-based generator (any element can be
 //! regenerated on its own, so the check can rebuild a weight block without keeping the
 //! full-precision weights) and a router that hits prescribed per-expert counts.
 
@@ -6,14 +6,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::error::InputError;
-
-/// SplitMix64's finalizer: a bijective mix of 64 bits.
-#[inline]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use crate::rng::{mix64, Rng};
 
 /// The stream key of tensor `stream` under `seed`.
 pub fn key(seed: u64, stream: u64) -> u64 {
@@ -51,37 +44,6 @@ pub fn fill(key: u64, start: u64, scale: f32, out: &mut [bf16]) {
             }
         }
     });
-}
-
-/// A small sequential generator (SplitMix64) for the router and the check's sampling.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeded generator.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.0)
-    }
-    /// Uniform in `0..=n` (negligible bias for the small `n` used here).
-    pub fn up_to(&mut self, n: usize) -> usize {
-        (self.next_u64() % (n as u64 + 1)) as usize
-    }
-    /// Uniform in `(0, 1]`.
-    pub fn unit(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 + 1.0) * (1.0 / 16_777_216.0)
-    }
-    /// Shuffles `v` (Fisher–Yates).
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.up_to(i);
-            v.swap(i, j);
-        }
-    }
 }
 
 /// A synthetic router output.
@@ -135,7 +97,7 @@ pub fn routing(rng: &mut Rng, tokens: usize, topk: usize, experts: usize, capaci
         slots.resize(topk, -1);
         rng.shuffle(&mut slots);
         topk_ids[m * topk..(m + 1) * topk].copy_from_slice(&slots);
-        let w: Vec<f32> = (0..topk).map(|_| rng.unit()).collect();
+        let w: Vec<f32> = (0..topk).map(|_| rng.unit_positive()).collect();
         let sum: f32 = w.iter().sum();
         for (o, v) in topk_weights[m * topk..(m + 1) * topk].iter_mut().zip(&w) {
             *o = v / sum;

@@ -1,0 +1,188 @@
+//! Reading and validating the inputs of an operation from the bytes of a safetensors file.
+
+use moe_core::{
+    check_counts, estimate_expected_m, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, ProblemError, Routing, ScaleBuf, ScaleFormat,
+    ScaleLayout, SiluMulQuant, TokenGroupQuant, GROUP,
+};
+use safetensors::Dtype;
+
+use super::*;
+use crate::error::InputError;
+use crate::weights::safetensors::{decode_bf16, decode_f32, decode_i32, expect_shape, TensorFile};
+
+fn activation(f: &TensorFile<'_>, name: &'static str, rank: usize, layout: &'static str) -> Result<(Vec<usize>, ActBuf), InputError> {
+    let t = f.raw(name, &[Dtype::BF16, Dtype::F32], rank, layout)?;
+    let buf = if t.dtype == Dtype::BF16 {
+        ActBuf::Bf16(decode_bf16(t.bytes))
+    } else {
+        ActBuf::F32(decode_f32(t.bytes))
+    };
+    Ok((t.shape, buf))
+}
+
+/// Activation scales `name` of MN-major shape `shape` in format `fmt`: F32, or I32 when packed.
+fn scales(f: &TensorFile<'_>, name: &'static str, fmt: ScaleFormat, shape: &[usize], layout: &'static str) -> Result<ScaleBuf, InputError> {
+    let dtype = if fmt.is_packed() { Dtype::I32 } else { Dtype::F32 };
+    let t = f.raw(name, &[dtype], shape.len(), layout).map_err(|e| match e {
+        InputError::Dtype { tensor, got, expected } => InputError::Dtype {
+            tensor,
+            got,
+            expected: format!("{expected} (--scale-fmt {fmt})"),
+        },
+        e => e,
+    })?;
+    expect_shape(name, &t.shape, shape, layout)?;
+    Ok(if fmt.is_packed() {
+        ScaleBuf::Packed(decode_i32(t.bytes))
+    } else {
+        ScaleBuf::F32(decode_f32(t.bytes))
+    })
+}
+
+fn counts(f: &TensorFile<'_>, e: usize, t: usize) -> Result<Vec<i32>, InputError> {
+    let (sh, c) = f.i32("counts", 1, "(E)")?;
+    expect_shape("counts", &sh, &[e], "(E)")?;
+    check_counts(&c, e, t)?;
+    Ok(c)
+}
+
+fn not_for(op: Op, flag: &str, applies: &str) -> InputError {
+    InputError::Usage(format!("{flag} does not apply to op `{}` (only to {applies})", op.name()))
+}
+
+/// Parses and validates the inputs of `op` from the bytes of a safetensors file.
+///
+/// Never panics, whatever the bytes; every error names the tensor (or the flag) at fault.
+pub fn read_inputs(op: Op, opts: &OpOptions, bytes: &[u8]) -> Result<OpInputs, InputError> {
+    if opts.pow2 && op != Op::BlockQuant {
+        return Err(not_for(op, "--pow2", "block-quant"));
+    }
+    if op != Op::Prepare {
+        if opts.experts.is_some() {
+            return Err(not_for(op, "--experts", "prepare"));
+        }
+        if opts.capacity.is_some() {
+            return Err(not_for(op, "--capacity", "prepare"));
+        }
+    }
+    if !op.has_file_form() {
+        return Err(InputError::Usage(format!(
+            "op `{op}` has no file form (SPEC §8 lists the operations of `moe op`)"
+        )));
+    }
+    let f = TensorFile::parse(bytes, op.name())?;
+    let fmt = opts.scale_fmt;
+    Ok(match op {
+        Op::TokenGroupQuant => {
+            let (sh, x) = activation(&f, "x", 2, "(rows, K)")?;
+            let p = TokenGroupQuant::new(sh[0], sh[1], fmt, ScaleLayout::RowMajor)?;
+            OpInputs::TokenGroupQuant(TokenGroupQuantCase { p, x })
+        }
+        Op::BlockQuant => {
+            let (sh, w) = activation(&f, "w", 3, "(E, R, C)")?;
+            let p = BlockQuant::new(sh[0], sh[1], sh[2], opts.pow2)?;
+            OpInputs::BlockQuant(BlockQuantCase { p, w })
+        }
+        Op::SiluMulQuant => {
+            let (sh, y) = f.bf16("y", 3, "(E, T, 2H)")?;
+            if sh[2] == 0 || sh[2] % (2 * GROUP) != 0 {
+                return Err(ProblemError::NotMultiple {
+                    tensor: "y",
+                    dim: "2H",
+                    got: sh[2],
+                    multiple: 2 * GROUP,
+                }
+                .into());
+            }
+            let p = SiluMulQuant::new(sh[0], sh[1], sh[2] / 2, fmt, opts.numerics)?;
+            let counts = counts(&f, sh[0], sh[1])?;
+            OpInputs::SiluMulQuant(SiluMulQuantCase { p, y, counts })
+        }
+        Op::GroupedGemm => {
+            let (ash, a) = f.f8("a", 3, "(E, T, K)")?;
+            let (bsh, b) = f.f8("b", 3, "(E, N, K)")?;
+            expect_shape("b", &bsh, &[ash[0], bsh[1], ash[2]], "(E, N, K)")?;
+            let p = GroupedGemm::new(ash[0], ash[1], bsh[1], ash[2], fmt)?;
+            let sa = scales(
+                &f,
+                "sa",
+                fmt,
+                &p.sa_shape(),
+                if fmt.is_packed() { "(E, ceil(K/512), T)" } else { "(E, K/128, T)" },
+            )?;
+            let (sbsh, sb) = f.f32("sb", 3, "(E, N/128, K/128)")?;
+            expect_shape("sb", &sbsh, &p.sb_shape(), "(E, N/128, K/128)")?;
+            let counts = counts(&f, p.experts(), p.capacity())?;
+            let p = p.with_expected_m(estimate_expected_m(0, 1, p.experts(), p.capacity(), Some(&counts)));
+            OpInputs::GroupedGemm(GemmCase { p, a, sa, b, sb, counts })
+        }
+        Op::Experts => {
+            let (ash, a1q) = f.f8("a1q", 3, "(E, T, K)")?;
+            let (e, t, k) = (ash[0], ash[1], ash[2]);
+            let (w1sh, w1) = f.f8("w1", 3, "(E, 2I, K)")?;
+            expect_shape("w1", &w1sh, &[e, w1sh[1], k], "(E, 2I, K)")?;
+            if w1sh[1] == 0 || w1sh[1] % (2 * GROUP) != 0 {
+                return Err(ProblemError::NotMultiple {
+                    tensor: "w1",
+                    dim: "2I",
+                    got: w1sh[1],
+                    multiple: 2 * GROUP,
+                }
+                .into());
+            }
+            let p = Experts::new(e, t, k, w1sh[1] / 2, fmt, opts.numerics)?;
+            let a1s = scales(
+                &f,
+                "a1s",
+                fmt,
+                &p.a1s_shape(),
+                if fmt.is_packed() { "(E, ceil(K/512), T)" } else { "(E, K/128, T)" },
+            )?;
+            let (w1ssh, w1s) = f.f32("w1s", 3, "(E, 2I/128, K/128)")?;
+            expect_shape("w1s", &w1ssh, &p.gemm1().sb_shape(), "(E, 2I/128, K/128)")?;
+            let (w2sh, w2) = f.f8("w2", 3, "(E, K, I)")?;
+            expect_shape("w2", &w2sh, &[e, k, p.i()], "(E, K, I)")?;
+            let (w2ssh, w2s) = f.f32("w2s", 3, "(E, K/128, I/128)")?;
+            expect_shape("w2s", &w2ssh, &p.gemm2().sb_shape(), "(E, K/128, I/128)")?;
+            let counts = counts(&f, e, t)?;
+            let p = p.with_expected_m(estimate_expected_m(0, 1, e, t, Some(&counts)));
+            OpInputs::Experts(ExpertsCase {
+                p,
+                a1q,
+                a1s,
+                w1,
+                w1s,
+                w2,
+                w2s,
+                counts,
+                random_data: false,
+            })
+        }
+        Op::Prepare => {
+            let (Some(experts), Some(capacity)) = (opts.experts, opts.capacity) else {
+                return Err(InputError::Usage("op `prepare` needs --experts E and --capacity T".into()));
+            };
+            let (xsh, x) = f.bf16("x", 2, "(M, K)")?;
+            let (ish, topk_ids) = f.i32("topk_ids", 2, "(M, k)")?;
+            expect_shape("topk_ids", &ish, &[xsh[0], ish[1]], "(M, k)")?;
+            let p = Prepare::new(xsh[0], xsh[1], ish[1], experts, capacity, fmt)?;
+            Routing::new(&topk_ids, p.tokens(), p.topk(), experts, capacity)?;
+            OpInputs::Prepare(PrepareCase { p, x, topk_ids })
+        }
+        Op::BatchedQuant => unreachable!("rejected above: no file form"),
+        Op::Finalize => {
+            let (esh, expert_out) = f.bf16("expert_out", 3, "(E, T, K)")?;
+            let (ish, topk_ids) = f.i32("topk_ids", 2, "(M, k)")?;
+            let (wsh, topk_weights) = f.f32("topk_weights", 2, "(M, k)")?;
+            expect_shape("topk_weights", &wsh, &ish, "(M, k)")?;
+            let p = Finalize::new(ish[0], esh[2], ish[1], esh[0], esh[1])?;
+            Routing::new(&topk_ids, p.tokens(), p.topk(), p.experts(), p.capacity())?;
+            OpInputs::Finalize(FinalizeCase {
+                p,
+                expert_out,
+                topk_ids,
+                topk_weights,
+            })
+        }
+    })
+}

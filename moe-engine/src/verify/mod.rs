@@ -1,0 +1,21 @@
+//! The differential harness, without proptest: every backend is checked against the naive CPU
+//! reference (`moe_ref_cpu::NaiveCpu`, which defines the results) with the exactness or bound of
+//! SPEC §5.
+//!
+//! - [`check`]: one case of one operation, compared bit for bit (or, for the GEMM, with the
+//!   SPEC §5.3 bound), with poisoned outputs, dead rows checked untouched, and bad input checked
+//!   to be rejected with the reference's error and nothing written.
+//! - [`cases`]: owned case inputs and seeded random builders (on [`crate::rng::Rng`]).
+//! - [`diff`]: the engine of `moe diff`: all operations over N seeded random cases.
+//! - [`compare`]: poison patterns and bit comparisons.
+//!
+//! moe-testing builds its proptest strategies and suites on these types; the checks return
+//! `Err(message)` instead of panicking, so that `moe diff` can count failures.
+
+pub mod cases;
+pub mod check;
+pub mod compare;
+pub mod diff;
+
+pub use check::{Checked, Outcome};
+pub mod run_check;
