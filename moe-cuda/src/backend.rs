@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Capabilities, DeviceError, Experts, ExpertsInputs,
@@ -20,6 +20,7 @@ use moe_core::{
 use crate::device::{driver_err, Device};
 use crate::experts::{CountsMode, CudaExperts};
 use crate::launch::{Launcher, XIn, GEMM_BM};
+use crate::memory::{alloc, bf16_bits, bf16_bits_mut, download, scale_words, scale_words_mut, sync, upload};
 
 /// The CUDA backend: one GPU (an H100 or H200), one stream, kernels compiled on first use.
 ///
@@ -43,56 +44,6 @@ pub(crate) fn int_dims(what: &'static str, dims: &[usize]) -> Result<(), Problem
     Ok(())
 }
 
-pub(crate) fn up<T: DeviceRepr>(stream: &Arc<CudaStream>, data: &[T], op: &'static str) -> Result<CudaSlice<T>, DeviceError> {
-    stream.clone_htod(data).map_err(driver_err(op))
-}
-
-pub(crate) fn alloc<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-    stream: &Arc<CudaStream>,
-    n: usize,
-    op: &'static str,
-) -> Result<CudaSlice<T>, DeviceError> {
-    stream.alloc_zeros::<T>(n.max(1)).map_err(driver_err(op))
-}
-
-pub(crate) fn down<T: DeviceRepr>(
-    stream: &Arc<CudaStream>,
-    src: &CudaSlice<T>,
-    dst: &mut [T],
-    op: &'static str,
-) -> Result<(), DeviceError> {
-    assert_eq!(src.len(), dst.len(), "moe-cuda bug: download length");
-    stream.memcpy_dtoh(src, dst).map_err(driver_err(op))
-}
-
-pub(crate) fn sync(dev: &Device, stream: &Arc<CudaStream>, op: &'static str) -> Result<(), DeviceError> {
-    stream.synchronize().map_err(driver_err(op))?;
-    dev.ctx().check_err().map_err(driver_err(op))
-}
-
-pub(crate) fn bf16_bits(x: &[bf16]) -> &[u16] {
-    bytemuck::cast_slice(x)
-}
-
-pub(crate) fn bf16_bits_mut(x: &mut [bf16]) -> &mut [u16] {
-    bytemuck::cast_slice_mut(x)
-}
-
-/// Scales as raw 32-bit words (f32 bits or packed i32 words).
-pub(crate) fn scale_words<'a>(s: &Scales<'a>) -> &'a [u32] {
-    match s {
-        Scales::F32(v) => bytemuck::cast_slice(v),
-        Scales::Packed(v) => bytemuck::cast_slice(v),
-    }
-}
-
-pub(crate) fn scale_words_mut<'a>(s: &'a mut ScalesMut<'_>) -> &'a mut [u32] {
-    match s {
-        ScalesMut::F32(v) => bytemuck::cast_slice_mut(v),
-        ScalesMut::Packed(v) => bytemuck::cast_slice_mut(v),
-    }
-}
-
 enum XBuf {
     Bf16(CudaSlice<u16>),
     F32(CudaSlice<f32>),
@@ -101,8 +52,8 @@ enum XBuf {
 impl XBuf {
     fn upload(stream: &Arc<CudaStream>, x: &Activation<'_>, op: &'static str) -> Result<Self, DeviceError> {
         Ok(match x {
-            Activation::Bf16(v) => XBuf::Bf16(up(stream, bf16_bits(v), op)?),
-            Activation::F32(v) => XBuf::F32(up(stream, v, op)?),
+            Activation::Bf16(v) => XBuf::Bf16(upload(stream, bf16_bits(v), op)?),
+            Activation::F32(v) => XBuf::F32(upload(stream, v, op)?),
         })
     }
     fn as_in(&self) -> XIn<'_> {
@@ -176,12 +127,12 @@ impl CudaBackend {
         int_dims("a", &[e * t, n, k])?;
         let _g = self.guard();
         let s = &self.stream;
-        let a_d = up(s, a, OP)?;
-        let sa_d = up(s, scale_words(&sa), OP)?;
-        let b_d = up(s, b, OP)?;
-        let sb_d = up(s, sb, OP)?;
-        let c_d = up(s, counts, OP)?;
-        let mut d_d = up(s, bf16_bits(d), OP)?;
+        let a_d = upload(s, a, OP)?;
+        let sa_d = upload(s, scale_words(&sa), OP)?;
+        let b_d = upload(s, b, OP)?;
+        let sb_d = upload(s, sb, OP)?;
+        let c_d = upload(s, counts, OP)?;
+        let mut d_d = upload(s, bf16_bits(d), OP)?;
         let mut prefix = alloc::<i32>(s, e + 1, OP)?;
         let mut tiles = alloc::<i32>(s, e + 1, OP)?;
         let l = self.launcher();
@@ -199,7 +150,7 @@ impl CudaBackend {
             chain,
         )?;
         sync(&self.dev, s, OP)?;
-        down(s, &d_d, bf16_bits_mut(d), OP)?;
+        download(s, &d_d, bf16_bits_mut(d), OP)?;
         Ok(())
     }
 
@@ -218,7 +169,7 @@ impl CudaBackend {
         let buf = scratch.as_mut().expect("allocated above");
         self.launcher().exp_f32_range(start, n, buf)?;
         sync(&self.dev, &self.stream, OP)?;
-        down(&self.stream, buf, out, OP)?;
+        download(&self.stream, buf, out, OP)?;
         Ok(())
     }
 
@@ -233,7 +184,7 @@ impl CudaBackend {
         let mut buf = alloc::<u8>(&self.stream, out.len(), OP)?;
         self.launcher().e4m3_range(start, out.len(), &mut buf)?;
         sync(&self.dev, &self.stream, OP)?;
-        down(&self.stream, &buf, out, OP)?;
+        download(&self.stream, &buf, out, OP)?;
         Ok(())
     }
 
@@ -245,7 +196,7 @@ impl CudaBackend {
         self.launcher().vllm_ceil_table(&mut buf)?;
         sync(&self.dev, &self.stream, OP)?;
         let mut out = vec![0u16; 65536];
-        down(&self.stream, &buf, &mut out, OP)?;
+        download(&self.stream, &buf, &mut out, OP)?;
         Ok(out)
     }
 }
@@ -282,8 +233,8 @@ impl Backend for CudaBackend {
             p.layout() == ScaleLayout::MnMajor,
         )?;
         sync(&self.dev, st, OP)?;
-        down(st, &q_d, q, OP)?;
-        down(st, &s_d, sw, OP)?;
+        download(st, &q_d, q, OP)?;
+        download(st, &s_d, sw, OP)?;
         Ok(())
     }
 
@@ -302,10 +253,10 @@ impl Backend for CudaBackend {
         let _g = self.guard();
         let st = &self.stream;
         let xb = XBuf::upload(st, &x, OP)?;
-        let c_d = up(st, counts, OP)?;
-        let mut q_d = up(st, q, OP)?;
+        let c_d = upload(st, counts, OP)?;
+        let mut q_d = upload(st, q, OP)?;
         let sw = scale_words_mut(&mut s);
-        let mut s_d = up(st, sw, OP)?;
+        let mut s_d = upload(st, sw, OP)?;
         let mut prefix = alloc::<i32>(st, e + 1, OP)?;
         let mut tiles = alloc::<i32>(st, e + 1, OP)?;
         let l = self.launcher();
@@ -322,8 +273,8 @@ impl Backend for CudaBackend {
             true,
         )?;
         sync(&self.dev, st, OP)?;
-        down(st, &q_d, q, OP)?;
-        down(st, &s_d, sw, OP)?;
+        download(st, &q_d, q, OP)?;
+        download(st, &s_d, sw, OP)?;
         Ok(())
     }
 
@@ -339,8 +290,8 @@ impl Backend for CudaBackend {
         let mut s_d = alloc::<f32>(st, s.len(), OP)?;
         self.launcher().block_quant(wb.as_in(), &mut q_d, &mut s_d, e, r, c, p.pow2())?;
         sync(&self.dev, st, OP)?;
-        down(st, &q_d, q, OP)?;
-        down(st, &s_d, s, OP)?;
+        download(st, &q_d, q, OP)?;
+        download(st, &s_d, s, OP)?;
         Ok(())
     }
 
@@ -351,19 +302,19 @@ impl Backend for CudaBackend {
         int_dims("y", &[e * t, 2 * h])?;
         let _g = self.guard();
         let st = &self.stream;
-        let y_d = up(st, bf16_bits(y), OP)?;
-        let c_d = up(st, counts, OP)?;
-        let mut q_d = up(st, q, OP)?;
+        let y_d = upload(st, bf16_bits(y), OP)?;
+        let c_d = upload(st, counts, OP)?;
+        let mut q_d = upload(st, q, OP)?;
         let sw = scale_words_mut(&mut s);
-        let mut s_d = up(st, sw, OP)?;
+        let mut s_d = upload(st, sw, OP)?;
         let mut prefix = alloc::<i32>(st, e + 1, OP)?;
         let mut tiles = alloc::<i32>(st, e + 1, OP)?;
         let l = self.launcher();
         l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
         l.silu_mul_quant(&y_d, &mut q_d, &mut s_d, (e, t, h), &prefix, p.scale_format(), p.numerics())?;
         sync(&self.dev, st, OP)?;
-        down(st, &q_d, q, OP)?;
-        down(st, &s_d, sw, OP)?;
+        download(st, &q_d, q, OP)?;
+        download(st, &s_d, sw, OP)?;
         Ok(())
     }
 
@@ -406,12 +357,12 @@ impl Backend for CudaBackend {
             }
             let _g = self.guard();
             let st = &self.stream;
-            let x_d = up(st, bf16_bits(x), OP)?;
-            let g_d = up(st, &gather, OP)?;
-            let c_d = up(st, routing.counts(), OP)?;
-            let mut q_d = up(st, a1q, OP)?;
+            let x_d = upload(st, bf16_bits(x), OP)?;
+            let g_d = upload(st, &gather, OP)?;
+            let c_d = upload(st, routing.counts(), OP)?;
+            let mut q_d = upload(st, a1q, OP)?;
             let sw = scale_words_mut(&mut a1s);
-            let mut s_d = up(st, sw, OP)?;
+            let mut s_d = upload(st, sw, OP)?;
             let mut prefix = alloc::<i32>(st, e + 1, OP)?;
             let mut tiles = alloc::<i32>(st, e + 1, OP)?;
             let l = self.launcher();
@@ -428,8 +379,8 @@ impl Backend for CudaBackend {
                 true,
             )?;
             sync(&self.dev, st, OP)?;
-            down(st, &q_d, a1q, OP)?;
-            down(st, &s_d, sw, OP)?;
+            download(st, &q_d, a1q, OP)?;
+            download(st, &s_d, sw, OP)?;
         }
         counts.copy_from_slice(routing.counts());
         Ok(())
@@ -445,15 +396,15 @@ impl Backend for CudaBackend {
         }
         let _g = self.guard();
         let st = &self.stream;
-        let eo_d = up(st, bf16_bits(expert_out), OP)?;
-        let ids_d = up(st, topk_ids, OP)?;
-        let rows_d = up(st, routing.rows(), OP)?;
-        let w_d = up(st, topk_weights, OP)?;
+        let eo_d = upload(st, bf16_bits(expert_out), OP)?;
+        let ids_d = upload(st, topk_ids, OP)?;
+        let rows_d = upload(st, routing.rows(), OP)?;
+        let w_d = upload(st, topk_weights, OP)?;
         let mut out_d = alloc::<u16>(st, out.len(), OP)?;
         self.launcher()
             .finalize(&eo_d, &ids_d, &rows_d, &w_d, &mut out_d, (m, k, topk, e, t))?;
         sync(&self.dev, st, OP)?;
-        down(st, &out_d, bf16_bits_mut(out), OP)?;
+        download(st, &out_d, bf16_bits_mut(out), OP)?;
         Ok(())
     }
 }

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaStream};
 use half::bf16;
-use moe_core::{check_counts, check_len, DeviceError, Experts, ExpertsInputs, ExpertsWorkspace, MoeResult, ScaleBuf, GROUP};
+use moe_core::{check_counts, check_len, DeviceError, Experts, ExpertsInputs, ExpertsWorkspace, MoeResult, GROUP};
 
-use crate::backend::{alloc, bf16_bits, bf16_bits_mut, down, int_dims, scale_words, sync, CudaBackend};
+use crate::backend::{int_dims, CudaBackend};
 use crate::device::{driver_err, Device};
 use crate::launch::{Launcher, GEMM_BM};
+use crate::memory::{alloc, bf16_bits, bf16_bits_mut, download, scale_buf_words_mut, scale_words, sync, upload_into};
 
 /// How `apply_on_stream` treats the device-resident `counts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,11 +119,6 @@ impl CudaExperts {
         &self.stream
     }
 
-    fn htod<T: cudarc::driver::DeviceRepr>(stream: &Arc<CudaStream>, src: &[T], dst: &mut CudaSlice<T>) -> Result<(), DeviceError> {
-        assert_eq!(src.len(), dst.len(), "moe-cuda bug: upload length");
-        stream.memcpy_htod(src, dst).map_err(driver_err(OP))
-    }
-
     /// Uploads all inputs, validated exactly like the CPU's `Experts::check` (the `out` check
     /// aside).
     pub fn upload_inputs(&mut self, inputs: &ExpertsInputs<'_>) -> MoeResult<()> {
@@ -132,13 +128,13 @@ impl CudaExperts {
         self.p
             .check(inputs.a1q, &inputs.a1s, &inputs.w1, &inputs.w2, inputs.counts, &fake_out)?;
         let s = &self.stream;
-        Self::htod(s, inputs.a1q, &mut self.a1q)?;
-        Self::htod(s, scale_words(&inputs.a1s), &mut self.a1s)?;
-        Self::htod(s, inputs.w1.q, &mut self.w1)?;
-        Self::htod(s, inputs.w1.s, &mut self.w1s)?;
-        Self::htod(s, inputs.w2.q, &mut self.w2)?;
-        Self::htod(s, inputs.w2.s, &mut self.w2s)?;
-        Self::htod(s, inputs.counts, &mut self.counts)?;
+        upload_into(s, inputs.a1q, &mut self.a1q, OP)?;
+        upload_into(s, scale_words(&inputs.a1s), &mut self.a1s, OP)?;
+        upload_into(s, inputs.w1.q, &mut self.w1, OP)?;
+        upload_into(s, inputs.w1.s, &mut self.w1s, OP)?;
+        upload_into(s, inputs.w2.q, &mut self.w2, OP)?;
+        upload_into(s, inputs.w2.s, &mut self.w2s, OP)?;
+        upload_into(s, inputs.counts, &mut self.counts, OP)?;
         Ok(())
     }
 
@@ -146,23 +142,23 @@ impl CudaExperts {
     /// mode clamps, the checked mode reports).
     pub fn set_counts(&mut self, counts: &[i32]) -> MoeResult<()> {
         check_len("counts", counts.len(), &[self.p.experts()])?;
-        Self::htod(&self.stream, counts, &mut self.counts)?;
+        upload_into(&self.stream, counts, &mut self.counts, OP)?;
         Ok(())
     }
 
     /// Uploads the caller's output buffer (rows past `counts` keep these values).
     pub fn upload_output(&mut self, out: &[bf16]) -> MoeResult<()> {
         check_len("out", out.len(), &self.p.workspace_shapes().output)?;
-        Self::htod(&self.stream, bf16_bits(out), &mut self.out)?;
+        upload_into(&self.stream, bf16_bits(out), &mut self.out, OP)?;
         Ok(())
     }
 
     /// Uploads the intermediates (so that their rows past `counts` round-trip unchanged).
     pub fn upload_workspace(&mut self, ws: &ExpertsWorkspace) -> MoeResult<()> {
         self.check_ws(ws)?;
-        Self::htod(&self.stream, bf16_bits(&ws.h1), &mut self.h1)?;
-        Self::htod(&self.stream, &ws.q2, &mut self.q2)?;
-        Self::htod(&self.stream, scale_words(&ws.s2.view()), &mut self.s2)?;
+        upload_into(&self.stream, bf16_bits(&ws.h1), &mut self.h1, OP)?;
+        upload_into(&self.stream, &ws.q2, &mut self.q2, OP)?;
+        upload_into(&self.stream, scale_words(&ws.s2.view()), &mut self.s2, OP)?;
         Ok(())
     }
 
@@ -181,7 +177,7 @@ impl CudaExperts {
         let (e, t, k, i) = (self.p.experts(), self.p.capacity(), self.p.k(), self.p.i());
         if mode == CountsMode::Checked {
             let mut host = vec![0i32; e];
-            down(&self.stream, &self.counts, &mut host, OP)?;
+            download(&self.stream, &self.counts, &mut host, OP)?;
             check_counts(&host, e, t)?;
         }
         let l = Launcher {
@@ -272,7 +268,7 @@ impl CudaExperts {
     pub fn download_output(&self, out: &mut [bf16]) -> MoeResult<()> {
         check_len("out", out.len(), &self.p.workspace_shapes().output)?;
         self.synchronize()?;
-        down(&self.stream, &self.out, bf16_bits_mut(out), OP)?;
+        download(&self.stream, &self.out, bf16_bits_mut(out), OP)?;
         Ok(())
     }
 
@@ -280,12 +276,9 @@ impl CudaExperts {
     pub fn download_workspace(&self, ws: &mut ExpertsWorkspace) -> MoeResult<()> {
         self.check_ws(ws)?;
         self.synchronize()?;
-        down(&self.stream, &self.h1, bf16_bits_mut(&mut ws.h1), OP)?;
-        down(&self.stream, &self.q2, &mut ws.q2, OP)?;
-        match &mut ws.s2 {
-            ScaleBuf::F32(v) => down(&self.stream, &self.s2, bytemuck::cast_slice_mut(v), OP)?,
-            ScaleBuf::Packed(v) => down(&self.stream, &self.s2, bytemuck::cast_slice_mut(v), OP)?,
-        }
+        download(&self.stream, &self.h1, bf16_bits_mut(&mut ws.h1), OP)?;
+        download(&self.stream, &self.q2, &mut ws.q2, OP)?;
+        download(&self.stream, &self.s2, scale_buf_words_mut(&mut ws.s2), OP)?;
         Ok(())
     }
 }

@@ -38,6 +38,8 @@ mod device;
 mod experts;
 #[cfg(feature = "cuda")]
 mod launch;
+#[cfg(feature = "cuda")]
+mod memory;
 
 #[cfg(feature = "cuda")]
 pub use backend::CudaBackend;
