@@ -1,6 +1,6 @@
 // Token-group quantization (SPEC §5.1, bit-exact) and 128x128 block quantization (SPEC §4).
 
-// fmt: 0 = F32, 1 = F32CeilUe8m0, 2 = Ue8m0Packed.
+// fmt: a MOE_FMT_* code (codes.cuh).
 // One warp per item; an item is one group (f32 formats) or one packed word of up to 4 groups.
 // Rows: E * T logical rows (e, t). When `prefix` is non-null only live rows t < clamp(counts[e])
 // are visited (prefix from moe_counts_prefix); otherwise every row is live.
@@ -13,7 +13,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
     const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const long long nwarps = ((long long)gridDim.x * blockDim.x) >> 5;
     const int G = K / GROUP;
-    const int cols = fmt == 2 ? (G + 3) / 4 : G;
+    const int cols = fmt == MOE_FMT_UE8M0_PACKED ? (G + 3) / 4 : G;
     const long long live = prefix ? (long long)prefix[E] : (long long)E * T;
     const long long items = live * cols;
     for (long long it = warp; it < items; it += nwarps) {
@@ -29,8 +29,8 @@ extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
         }
         const long long row = (long long)e * T + t;
         const long long src = gather ? (long long)gather[row] : row;
-        const int g0 = fmt == 2 ? col * 4 : col;
-        const int g1 = fmt == 2 ? min(g0 + 4, G) : g0 + 1;
+        const int g0 = fmt == MOE_FMT_UE8M0_PACKED ? col * 4 : col;
+        const int g1 = fmt == MOE_FMT_UE8M0_PACKED ? min(g0 + 4, G) : g0 + 1;
         u32 word = 0;
         float sval = 0.0f;
         for (int g = g0; g < g1; ++g) {
@@ -51,7 +51,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
             m = warp_max(m);
             const float amax = max_num(1e-10f, m);
             float sc = __fdiv_rn(amax, 448.0f);
-            if (fmt != 0) sc = ceil_pow2(sc);
+            if (fmt != MOE_FMT_F32) sc = ceil_pow2(sc);
             u32 packed = 0;
             for (int i = 0; i < 4; ++i) packed |= ((u32)e4m3_sat(__fdiv_rn(v[i], sc))) << (8 * i);
             *reinterpret_cast<u32*>(q + row * K + (long long)g * GROUP + lane * 4) = packed;
@@ -60,7 +60,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
         }
         if (lane == 0) {
             const long long si = mn_major ? ((long long)e * cols + col) * T + t : row * cols + col;
-            s[si] = fmt == 2 ? word : __float_as_uint(sval);
+            s[si] = fmt == MOE_FMT_UE8M0_PACKED ? word : __float_as_uint(sval);
         }
     }
 }

@@ -22,9 +22,15 @@ pub enum KernelId {
     Selftest,
 }
 
+use moe_core::{Numerics, ScaleFormat};
+
+/// `kernels/codes.cuh`: the codes of [`fmt_code`] and [`numerics_code`] as C macros.
+pub const CODES_HEADER: &str = include_str!("../kernels/codes.cuh");
+
 macro_rules! source {
     ($file:literal) => {
         concat!(
+            include_str!("../kernels/codes.cuh"),
             include_str!("../kernels/common.cuh"),
             "\n#line 1 \"",
             $file,
@@ -82,6 +88,24 @@ impl KernelId {
     }
 }
 
+/// The `int` code the kernels take for a scale format (`MOE_FMT_*` in `kernels/codes.cuh`; a
+/// test checks that both sides agree).
+pub fn fmt_code(fmt: ScaleFormat) -> i32 {
+    match fmt {
+        ScaleFormat::F32 => 0,
+        ScaleFormat::F32CeilUe8m0 => 1,
+        ScaleFormat::Ue8m0Packed => 2,
+    }
+}
+
+/// The `int` code the kernels take for a numerics (`MOE_NUMERICS_*` in `kernels/codes.cuh`).
+pub fn numerics_code(numerics: Numerics) -> i32 {
+    match numerics {
+        Numerics::VllmBf16 => 0,
+        Numerics::F32 => 1,
+    }
+}
+
 /// The NVRTC options every kernel is compiled with: Hopper's `sm_90a`, no contraction of
 /// multiplies and adds, IEEE division and square root, no flush-to-zero (SPEC §5).
 pub const NVRTC_OPTIONS: &[&str] = &[
@@ -109,6 +133,70 @@ mod tests {
                     id.source().contains(&format!("void {name}(")) || id.source().contains(&format!(" {name}(")),
                     "{id:?}: {name}"
                 );
+            }
+        }
+    }
+
+    /// The `#define NAME VALUE` lines of a header.
+    fn defines(src: &str) -> Vec<(String, i32)> {
+        src.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("#define")).then_some(())?;
+                let name = w.next()?.to_string();
+                let value = w.next()?.parse().ok()?;
+                Some((name, value))
+            })
+            .collect()
+    }
+
+    fn fmt_macro(fmt: ScaleFormat) -> &'static str {
+        match fmt {
+            ScaleFormat::F32 => "MOE_FMT_F32",
+            ScaleFormat::F32CeilUe8m0 => "MOE_FMT_F32_CEIL_UE8M0",
+            ScaleFormat::Ue8m0Packed => "MOE_FMT_UE8M0_PACKED",
+        }
+    }
+
+    fn numerics_macro(n: Numerics) -> &'static str {
+        match n {
+            Numerics::VllmBf16 => "MOE_NUMERICS_VLLM_BF16",
+            Numerics::F32 => "MOE_NUMERICS_F32",
+        }
+    }
+
+    #[test]
+    fn header_codes_equal_the_rust_mapping() {
+        let defs = defines(CODES_HEADER);
+        let get = |name: &str| defs.iter().find(|(n, _)| n == name).map(|&(_, v)| v);
+        for fmt in ScaleFormat::ALL {
+            assert_eq!(get(fmt_macro(fmt)), Some(fmt_code(fmt)), "{fmt:?}");
+        }
+        for n in Numerics::ALL {
+            assert_eq!(get(numerics_macro(n)), Some(numerics_code(n)), "{n:?}");
+        }
+        // No code the Rust side does not know.
+        let fmts = defs.iter().filter(|(n, _)| n.starts_with("MOE_FMT_")).count();
+        let nums = defs.iter().filter(|(n, _)| n.starts_with("MOE_NUMERICS_")).count();
+        assert_eq!((fmts, nums), (ScaleFormat::ALL.len(), Numerics::ALL.len()));
+    }
+
+    #[test]
+    fn kernels_compare_codes_by_name_not_by_number() {
+        for id in KernelId::ALL {
+            let src = id.source();
+            for var in ["fmt", "numerics"] {
+                for op in ["==", "!="] {
+                    let pat = format!("{var} {op} ");
+                    for (i, _) in src.match_indices(&pat) {
+                        let next = src[i + pat.len()..].chars().next();
+                        assert!(
+                            !next.is_some_and(|c| c.is_ascii_digit()),
+                            "{}: `{pat}` followed by a number; use the MOE_* codes of codes.cuh",
+                            id.file()
+                        );
+                    }
+                }
             }
         }
     }

@@ -22,7 +22,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop}
 use moe_core::{DeviceError, Numerics, ScaleFormat, GROUP};
 
 use crate::device::{driver_err, Device};
-use crate::kernels::KernelId;
+use crate::kernels::{fmt_code, numerics_code, KernelId};
 
 /// Rows per tile of the grouped GEMM (`BM` in gemm.cu); the tile prefix is computed for it.
 pub(crate) const GEMM_BM: usize = 64;
@@ -73,7 +73,11 @@ impl Config {
     fn validate(&self) {
         let dims = [self.grid.0, self.grid.1, self.grid.2, self.block.0, self.block.1, self.block.2];
         assert!(dims.iter().all(|&d| d >= 1), "moe-cuda bug: empty launch {self:?}");
-        assert!(self.dyn_smem <= MAX_DYN_SMEM, "moe-cuda bug: {} B of dynamic shared memory", self.dyn_smem);
+        assert!(
+            self.dyn_smem <= MAX_DYN_SMEM,
+            "moe-cuda bug: {} B of dynamic shared memory",
+            self.dyn_smem
+        );
         if let Some((x, y, z)) = self.cluster {
             assert!(
                 x >= 1 && y >= 1 && z >= 1 && self.grid.0 % x == 0 && self.grid.1 % y == 0 && self.grid.2 % z == 0,
@@ -239,14 +243,6 @@ fn blocks_for(items: usize, per_block: usize, cap: u32) -> u32 {
     (b.min(cap as usize)) as u32
 }
 
-fn fmt_code(fmt: ScaleFormat) -> i32 {
-    match fmt {
-        ScaleFormat::F32 => 0,
-        ScaleFormat::F32CeilUe8m0 => 1,
-        ScaleFormat::Ue8m0Packed => 2,
-    }
-}
-
 impl Launcher<'_> {
     /// Launches entry point `name` of program `id` with `cfg` and `args`, through
     /// `cuLaunchKernelEx`; raises the function's dynamic shared-memory limit first when `cfg`
@@ -290,7 +286,11 @@ impl Launcher<'_> {
             blockDimZ: cfg.block.2,
             sharedMemBytes: cfg.dyn_smem,
             hStream: self.stream.cu_stream(),
-            attrs: if attrs.is_empty() { std::ptr::null_mut() } else { attrs.as_mut_ptr() },
+            attrs: if attrs.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                attrs.as_mut_ptr()
+            },
             numAttrs: attrs.len() as u32,
         };
         // SAFETY: `config` is a valid launch configuration (validated above: non-empty grid
@@ -372,7 +372,15 @@ impl Launcher<'_> {
         // clamps), reads x rows below `x_rows` (identity or gather entries, which the caller
         // guarantees), writes q[(e*T+t)*K ..+K] and one scale word per (row, column): all
         // within the lengths asserted above. 256 threads per block = 8 whole warps.
-        unsafe { self.launch(KernelId::Quant, "moe_token_group_quant", Config::plain(grid, 256), a, "token-group quant") }
+        unsafe {
+            self.launch(
+                KernelId::Quant,
+                "moe_token_group_quant",
+                Config::plain(grid, 256),
+                a,
+                "token-group quant",
+            )
+        }
     }
 
     /// `moe_block_quant(const void* w, int w_is_f32, u8* q, float* s, int E, int R, int C, int pow2)`.
@@ -420,12 +428,16 @@ impl Launcher<'_> {
         need(q, e * t * h, "q");
         need(s, e * cols * t, "s");
         need(prefix, e + 1, "prefix");
-        let num: i32 = match numerics {
-            Numerics::VllmBf16 => 0,
-            Numerics::F32 => 1,
-        };
         let mut a = Args::new(self.stream);
-        a.buf(y).buf_mut(q).buf_mut(s).dim(e).dim(t).dim(h).buf(prefix).i32(fmt_code(fmt)).i32(num);
+        a.buf(y)
+            .buf_mut(q)
+            .buf_mut(s)
+            .dim(e)
+            .dim(t)
+            .dim(h)
+            .buf(prefix)
+            .i32(fmt_code(fmt))
+            .i32(numerics_code(numerics));
         // A fixed grid for the shape (never for the counts), so a graph replay with other
         // counts stays valid.
         let grid = blocks_for(e * t * cols, 8, self.dev.sm_count() * 16);
@@ -513,7 +525,15 @@ impl Launcher<'_> {
         let grid = blocks_for(n, 256, self.dev.sm_count() * 32);
         // SAFETY: arguments match the C signature in order and type; the kernel writes out[i]
         // for i < n only, and `out` holds at least n elements (asserted).
-        unsafe { self.launch(KernelId::Selftest, "moe_exp_f32_range", Config::plain(grid, 256), a, "exp self-test") }
+        unsafe {
+            self.launch(
+                KernelId::Selftest,
+                "moe_exp_f32_range",
+                Config::plain(grid, 256),
+                a,
+                "exp self-test",
+            )
+        }
     }
 
     /// `moe_e4m3_range(u32 start, long long n, u8* out)`.
@@ -534,7 +554,15 @@ impl Launcher<'_> {
         a.buf_mut(out);
         // SAFETY: one argument, a device pointer to at least 65536 u16 (asserted); the kernel
         // writes out[i] for i < 65536 only, and 256 x 256 threads cover exactly that range.
-        unsafe { self.launch(KernelId::Selftest, "moe_vllm_ceil_table", Config::plain(256, 256), a, "vllm ceil self-test") }
+        unsafe {
+            self.launch(
+                KernelId::Selftest,
+                "moe_vllm_ceil_table",
+                Config::plain(256, 256),
+                a,
+                "vllm ceil self-test",
+            )
+        }
     }
 }
 
