@@ -3,6 +3,8 @@
 // prefix[e] = sum_{f<e} clamp(counts[f]); tile_prefix[e] = sum_{f<e} ceil(clamp(counts[f]) / bm);
 // both arrays hold E + 1 entries (the last one is the total).
 
+#include "common.cuh"
+
 extern "C" __global__ void __launch_bounds__(1024) moe_counts_prefix(const int* __restrict__ counts, int E, int T, int bm,
                                                                      int* __restrict__ prefix, int* __restrict__ tile_prefix) {
     __shared__ int s_rows[1024];

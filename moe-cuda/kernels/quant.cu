@@ -1,5 +1,7 @@
 // Token-group quantization (SPEC §5.1, bit-exact) and 128x128 block quantization (SPEC §4).
 
+#include "common.cuh"
+
 // fmt: a MOE_FMT_* code (codes.cuh).
 // One warp per item; an item is one group (f32 formats) or one packed word of up to 4 groups.
 // Rows: E * T logical rows (e, t). When `prefix` is non-null only live rows t < clamp(counts[e])

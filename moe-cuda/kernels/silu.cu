@@ -4,6 +4,8 @@
 // with one warp per item, so the launch can be captured in a CUDA graph.
 // fmt: a MOE_FMT_* code, numerics: a MOE_NUMERICS_* code (codes.cuh).
 
+#include "common.cuh"
+
 extern "C" __global__ void __launch_bounds__(256) moe_silu_mul_quant(const u16* __restrict__ y, u8* __restrict__ q, u32* __restrict__ s,
                                                                      int E, int T, int H, const int* __restrict__ prefix, int fmt,
                                                                      int numerics) {

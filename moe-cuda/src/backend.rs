@@ -87,7 +87,8 @@ impl CudaBackend {
         self.dev.name()
     }
 
-    /// Compiles and loads every kernel program now (otherwise each compiles at first use).
+    /// Compiles and loads every program of [`KernelId::ALL`](crate::KernelId::ALL) now
+    /// (otherwise each compiles at first use); the self-test program is not one of them.
     pub fn compile_all(&self) -> Result<(), DeviceError> {
         for id in crate::kernels::KernelId::ALL {
             self.dev.module(id)?;
@@ -155,7 +156,9 @@ impl CudaBackend {
     }
 
     /// `exp_f32` of the f32 inputs with bits `start..start + out.len()`, on the GPU, reusing
-    /// `scratch` (grown as needed). For the exhaustive self-test.
+    /// `scratch` (grown as needed). Test support for the exhaustive self-test: compiles and
+    /// launches the self-test program, which the backend itself never uses.
+    #[doc(hidden)]
     pub fn exp_f32_range(&self, start: u32, out: &mut [f32], scratch: &mut Option<CudaSlice<f32>>) -> MoeResult<()> {
         const OP: &str = "exp self-test";
         let _g = self.guard();
@@ -174,7 +177,8 @@ impl CudaBackend {
     }
 
     /// The E4M3 encoding (`cvt.rn.satfinite.e4m3x2.f32`) of the f32 inputs with bits
-    /// `start..start + out.len()`.
+    /// `start..start + out.len()`. Test support (the self-test program).
+    #[doc(hidden)]
     pub fn e4m3_range(&self, start: u32, out: &mut [u8]) -> MoeResult<()> {
         const OP: &str = "e4m3 self-test";
         let _g = self.guard();
@@ -188,7 +192,9 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// The device's `vllm_ceil_pow2_bf16` of every 16-bit pattern, as bf16 bits.
+    /// The device's `vllm_ceil_pow2_bf16` of every 16-bit pattern, as bf16 bits. Test support
+    /// (the self-test program).
+    #[doc(hidden)]
     pub fn vllm_ceil_table(&self) -> MoeResult<Vec<u16>> {
         const OP: &str = "vllm ceil self-test";
         let _g = self.guard();

@@ -1,15 +1,16 @@
 //! NVRTC compilation of the kernel programs to `sm_90a` cubins.
 //!
-//! cudarc's safe `compile_ptx_with_opts` returns PTX and drops the log on success; the backend
-//! wants the cubin (so `ptxas` runs here, with its resource report) and the log in every case,
-//! so this module drives NVRTC's C API directly.
+//! cudarc's safe `compile_ptx_with_opts` returns PTX, drops the log on success and passes no
+//! headers; the backend wants the cubin (so `ptxas` runs here, with its resource report), the
+//! log in every case, and the kernels' `#include "common.cuh"` resolved against the embedded
+//! [`HEADERS`], so this module drives NVRTC's C API directly.
 
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, c_int, CString};
 
 use cudarc::nvrtc::{result, sys};
 use moe_core::DeviceError;
 
-use crate::kernels::{KernelId, NVRTC_OPTIONS};
+use crate::kernels::{KernelId, HEADERS, NVRTC_OPTIONS};
 
 /// A compiled program: the `sm_90a` cubin and NVRTC's log (warnings, `ptxas` report).
 #[derive(Debug, Clone)]
@@ -30,7 +31,7 @@ pub fn nvrtc_present() -> bool {
 }
 
 fn log_of(prog: sys::nvrtcProgram) -> String {
-    // SAFETY: `prog` was returned by `create_program` and is destroyed only after this call
+    // SAFETY: `prog` was returned by `nvrtcCreateProgram` and is destroyed only after this call
     // (by `ProgramGuard::drop`, which runs later in `compile`).
     match unsafe { result::get_program_log(prog) } {
         Ok(raw) => {
@@ -45,7 +46,7 @@ struct ProgramGuard(sys::nvrtcProgram);
 
 impl Drop for ProgramGuard {
     fn drop(&mut self) {
-        // SAFETY: the program was created by `create_program` and is destroyed exactly once,
+        // SAFETY: the program was created by `nvrtcCreateProgram` and is destroyed exactly once,
         // here; nothing uses it after the guard is dropped.
         let _ = unsafe { result::destroy_program(self.0) };
     }
@@ -65,13 +66,39 @@ pub fn compile(id: KernelId, extra: &[&str]) -> Result<Compiled, DeviceError> {
         kernel: id.file().to_string(),
         log,
     };
-    let src = CString::new(id.source()).map_err(|_| compile_err("source contains a NUL byte".into()))?;
-    let name = CString::new(id.file()).map_err(|_| compile_err("file name contains a NUL byte".into()))?;
-    let prog = result::create_program(&src, Some(&name)).map_err(|e| compile_err(format!("nvrtcCreateProgram: {e:?}")))?;
+    let cstr = |what: &str, s: &str| CString::new(s).map_err(|_| compile_err(format!("{what} contains a NUL byte")));
+    let src = cstr("the source", id.source())?;
+    let name = cstr("the file name", id.file())?;
+    let mut header_srcs = Vec::with_capacity(HEADERS.len());
+    let mut header_names = Vec::with_capacity(HEADERS.len());
+    for (inc, text) in HEADERS {
+        header_names.push(cstr("a header name", inc)?);
+        header_srcs.push(cstr(inc, text)?);
+    }
+    let header_src_ptrs: Vec<*const c_char> = header_srcs.iter().map(|c| c.as_ptr()).collect();
+    let header_name_ptrs: Vec<*const c_char> = header_names.iter().map(|c| c.as_ptr()).collect();
+    let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: `prog` is a valid out-pointer; `src`, `name` and every header source and name are
+    // NUL-terminated C strings that live until the end of this function (after the program is
+    // destroyed); the two header arrays hold exactly `HEADERS.len()` pointers each, in the same
+    // order (source i is included as name i). NVRTC copies what it needs.
+    let st = unsafe {
+        sys::nvrtcCreateProgram(
+            &mut prog,
+            src.as_ptr(),
+            name.as_ptr(),
+            HEADERS.len() as c_int,
+            header_src_ptrs.as_ptr(),
+            header_name_ptrs.as_ptr(),
+        )
+    };
+    if st != sys::nvrtcResult::NVRTC_SUCCESS || prog.is_null() {
+        return Err(compile_err(format!("nvrtcCreateProgram: {st:?}")));
+    }
     let guard = ProgramGuard(prog);
     let opts: Vec<&str> = NVRTC_OPTIONS.iter().copied().chain(extra.iter().copied()).collect();
-    // SAFETY: `guard.0` is a live program from `create_program` (destroyed only when `guard`
-    // drops at the end of this function); `src` and `name`, which it may reference, outlive it;
+    // SAFETY: `guard.0` is a live program from `nvrtcCreateProgram` (destroyed only when
+    // `guard` drops, before the strings it may reference);
     // the options are NUL-free ASCII strings that `compile_program` copies into C strings.
     let status = unsafe { result::compile_program(guard.0, &opts) };
     let log = log_of(guard.0);
