@@ -13,14 +13,14 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Capabilities, DeviceError, Experts, ExpertsInputs,
-    ExpertsWorkspace, Finalize, GroupedGemm, MoeResult, Prepare, ProblemError, ScaleLayout, Scales, ScalesMut, SiluMulQuant,
-    TokenGroupQuant, GROUP,
+    ExpertsWorkspace, Finalize, GroupedGemm, MoeResult, Prepare, ScaleLayout, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant, GROUP,
 };
 
 use crate::device::{driver_err, Device};
-use crate::experts::{CountsMode, CudaExperts};
 use crate::launch::{Launcher, XIn, GEMM_BM};
+use crate::limits::int_dims;
 use crate::memory::{alloc, bf16_bits, bf16_bits_mut, download, scale_words, scale_words_mut, sync, upload};
+use crate::stage::{self, Activations, Weights, Work};
 
 /// The CUDA backend: one GPU (an H100 or H200), one stream, kernels compiled on first use.
 ///
@@ -30,18 +30,6 @@ pub struct CudaBackend {
     pub(crate) dev: Arc<Device>,
     pub(crate) stream: Arc<CudaStream>,
     lock: Mutex<()>,
-}
-
-/// Rejects dimensions the kernels cannot index with 32-bit integers (`E·T` rows, `K`, `N`...).
-pub(crate) fn int_dims(what: &'static str, dims: &[usize]) -> Result<(), ProblemError> {
-    for &d in dims {
-        if d > i32::MAX as usize {
-            return Err(ProblemError::Unsupported {
-                what: format!("moe-cuda: `{what}` dimension {d} exceeds 2^31 - 1"),
-            });
-        }
-    }
-    Ok(())
 }
 
 enum XBuf {
@@ -424,27 +412,40 @@ impl BatchedExperts for CudaBackend {
         }
     }
 
-    /// Runs the three stages device-resident (one upload, one download), through
-    /// [`CudaExperts`], and copies the intermediates into `ws`.
+    /// Runs the three stages device-resident (one upload, one download) through the same
+    /// stage code as [`CudaExperts`](crate::CudaExperts), and copies the intermediates into
+    /// `ws`.
+    ///
+    /// A `ws` of the wrong shapes is replaced by one of the right shapes (like the CPU's);
+    /// this is decided from the shapes, without allocating. `ws` and `out` are written only
+    /// once every download succeeded: on any error both are left as they were.
     fn apply(&self, p: &Experts, inputs: ExpertsInputs<'_>, ws: &mut ExpertsWorkspace, out: &mut [bf16]) -> MoeResult<()> {
+        const OP: &str = "experts";
         p.check(inputs.a1q, &inputs.a1s, &inputs.w1, &inputs.w2, inputs.counts, out)?;
-        let fresh = ExpertsWorkspace::new(p);
-        if ws.h1.len() != fresh.h1.len()
-            || ws.q2.len() != fresh.q2.len()
-            || ws.s2.len() != fresh.s2.len()
-            || ws.s2.view().is_packed() != fresh.s2.view().is_packed()
-        {
-            *ws = fresh;
-        }
+        stage::check_dims(p)?;
+        let ws_fits = stage::check_workspace(p, ws).is_ok();
         let _g = self.guard();
-        let mut ex = CudaExperts::with_stream(self.dev.clone(), self.stream.clone(), *p)?;
-        ex.upload_inputs(&inputs)?;
-        ex.upload_workspace(ws)?;
-        ex.upload_output(out)?;
-        ex.apply_on_stream(CountsMode::Checked)?;
-        ex.synchronize()?;
-        ex.download_workspace(ws)?;
-        ex.download_output(out)?;
+        let s = &self.stream;
+        let mut weights = Weights::alloc(s, p)?;
+        weights.upload(s, p, &inputs.w1, &inputs.w2)?;
+        let mut acts = Activations::alloc(s, p)?;
+        acts.upload(s, p, inputs.a1q, &inputs.a1s, inputs.counts)?;
+        let mut work = Work::alloc(s, p)?;
+        if ws_fits {
+            // Otherwise the intermediates start as the zeros of a fresh workspace.
+            work.upload_workspace(s, p, ws)?;
+        }
+        work.upload_output(s, p, out)?;
+        stage::enqueue(&self.launcher(), p, &weights, &acts, &mut work)?;
+        sync(&self.dev, s, OP)?;
+        let host_ws = work.fetch_workspace(s)?;
+        let host_out = work.fetch_output(s)?;
+        sync(&self.dev, s, OP)?;
+        if !ws_fits {
+            *ws = ExpertsWorkspace::new(p);
+        }
+        host_ws.copy_into(ws);
+        out.copy_from_slice(&host_out);
         Ok(())
     }
 }

@@ -17,100 +17,28 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::driver::sys::{self, CUfunction_attribute, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue};
+use cudarc::driver::sys::{self, CUfunction_attribute};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 use moe_core::{DeviceError, Numerics, ScaleFormat, GROUP};
 
 use crate::device::{driver_err, Device};
 use crate::kernels::{fmt_code, numerics_code, KernelId};
 
+mod config;
+
+pub(crate) use config::Config;
+use config::DEFAULT_DYN_SMEM;
+
 /// Rows per tile of the grouped GEMM (`BM` in gemm.cu); the tile prefix is computed for it.
 pub(crate) const GEMM_BM: usize = 64;
 /// Columns per tile of the grouped GEMM (`BN` in gemm.cu).
 pub(crate) const GEMM_BN: usize = 64;
-
-/// Dynamic shared memory a kernel may use without raising its limit.
-const DEFAULT_DYN_SMEM: u32 = 48 * 1024;
-/// The most dynamic shared memory one block may use on sm_90 (227 KiB).
-pub(crate) const MAX_DYN_SMEM: u32 = 232_448;
 
 /// Where launches go: the device (for functions) and the stream.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Launcher<'a> {
     pub(crate) dev: &'a Device,
     pub(crate) stream: &'a Arc<CudaStream>,
-}
-
-/// How one kernel is launched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Config {
-    /// Blocks per grid dimension.
-    pub(crate) grid: (u32, u32, u32),
-    /// Threads per block dimension.
-    pub(crate) block: (u32, u32, u32),
-    /// Dynamic shared memory per block, in bytes (at most [`MAX_DYN_SMEM`]).
-    pub(crate) dyn_smem: u32,
-    /// Thread-block cluster dimensions (each must divide the grid's), if any.
-    pub(crate) cluster: Option<(u32, u32, u32)>,
-    /// Programmatic dependent launch: the kernel may start before the previous one on the
-    /// stream finished (it must then `griddepcontrol.wait` before reading that one's output).
-    pub(crate) pdl: bool,
-}
-
-impl Config {
-    /// A one-dimensional grid of `grid` blocks of `block` threads, nothing else.
-    pub(crate) fn plain(grid: u32, block: u32) -> Self {
-        Config {
-            grid: (grid, 1, 1),
-            block: (block, 1, 1),
-            dyn_smem: 0,
-            cluster: None,
-            pdl: false,
-        }
-    }
-
-    /// Asserts what the driver would otherwise reject at launch (a bug of this crate).
-    fn validate(&self) {
-        let dims = [self.grid.0, self.grid.1, self.grid.2, self.block.0, self.block.1, self.block.2];
-        assert!(dims.iter().all(|&d| d >= 1), "moe-cuda bug: empty launch {self:?}");
-        assert!(
-            self.dyn_smem <= MAX_DYN_SMEM,
-            "moe-cuda bug: {} B of dynamic shared memory",
-            self.dyn_smem
-        );
-        if let Some((x, y, z)) = self.cluster {
-            assert!(
-                x >= 1 && y >= 1 && z >= 1 && self.grid.0 % x == 0 && self.grid.1 % y == 0 && self.grid.2 % z == 0,
-                "moe-cuda bug: cluster {:?} does not divide grid {:?}",
-                self.cluster,
-                self.grid
-            );
-        }
-    }
-
-    /// The `cuLaunchKernelEx` attributes this configuration needs (cluster, PDL).
-    fn attributes(&self) -> Vec<CUlaunchAttribute> {
-        let mut attrs = Vec::new();
-        if let Some((x, y, z)) = self.cluster {
-            let mut value = CUlaunchAttributeValue { pad: [0; 64] };
-            value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x, y, z };
-            attrs.push(CUlaunchAttribute {
-                id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-                pad: [0; 4],
-                value,
-            });
-        }
-        if self.pdl {
-            let mut value = CUlaunchAttributeValue { pad: [0; 64] };
-            value.programmaticStreamSerializationAllowed = 1;
-            attrs.push(CUlaunchAttribute {
-                id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-                pad: [0; 4],
-                value,
-            });
-        }
-        attrs
-    }
 }
 
 /// One kernel argument, held by value until the launch has copied it.
@@ -569,53 +497,6 @@ impl Launcher<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_plain_config_has_no_attributes() {
-        let c = Config::plain(7, 128);
-        c.validate();
-        assert!(c.attributes().is_empty());
-    }
-
-    #[test]
-    fn cluster_and_pdl_become_launch_attributes() {
-        let c = Config {
-            grid: (132, 2, 1),
-            block: (384, 1, 1),
-            dyn_smem: MAX_DYN_SMEM,
-            cluster: Some((2, 1, 1)),
-            pdl: true,
-        };
-        c.validate();
-        let attrs = c.attributes();
-        assert_eq!(attrs.len(), 2);
-        assert_eq!(attrs[0].id, CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION);
-        // SAFETY: the attribute with this id was built from the `clusterDim` member.
-        let d = unsafe { attrs[0].value.clusterDim };
-        assert_eq!((d.x, d.y, d.z), (2, 1, 1));
-        assert_eq!(
-            attrs[1].id,
-            CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-        );
-        // SAFETY: the attribute with this id was built from this `int` member.
-        assert_eq!(unsafe { attrs[1].value.programmaticStreamSerializationAllowed }, 1);
-    }
-
-    #[test]
-    #[should_panic(expected = "does not divide grid")]
-    fn a_cluster_must_divide_the_grid() {
-        let mut c = Config::plain(133, 128);
-        c.cluster = Some((2, 1, 1));
-        c.validate();
-    }
-
-    #[test]
-    #[should_panic(expected = "dynamic shared memory")]
-    fn dynamic_shared_memory_is_bounded() {
-        let mut c = Config::plain(1, 128);
-        c.dyn_smem = MAX_DYN_SMEM + 1;
-        c.validate();
-    }
 
     #[test]
     fn blocks_cover_the_items_within_the_cap() {

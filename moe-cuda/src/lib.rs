@@ -39,7 +39,11 @@ mod experts;
 #[cfg(feature = "cuda")]
 mod launch;
 #[cfg(feature = "cuda")]
+mod limits;
+#[cfg(feature = "cuda")]
 mod memory;
+#[cfg(feature = "cuda")]
+mod stage;
 
 #[cfg(feature = "cuda")]
 pub use backend::CudaBackend;

@@ -52,6 +52,12 @@ pub(crate) fn alloc<T: DeviceRepr + ValidAsZeroBits>(
     stream.alloc_zeros::<T>(n.max(1)).map_err(driver_err(op))
 }
 
+/// The whole of `src` as a new host `Vec` (a staged download: the caller copies it into its
+/// output only once every download of the call succeeded).
+pub(crate) fn fetch<T: DeviceRepr>(stream: &Arc<CudaStream>, src: &CudaSlice<T>, op: &'static str) -> Result<Vec<T>, DeviceError> {
+    stream.clone_dtoh(src).map_err(driver_err(op))
+}
+
 /// Copies the whole of `src` into `dst` of exactly the same length.
 pub(crate) fn download<T: DeviceRepr>(
     stream: &Arc<CudaStream>,

@@ -279,8 +279,9 @@ fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
         w2: WeightsRef { q: &w2, s: &w2s },
         counts: &cnt0,
     };
-    let mut ex = CudaExperts::new(gpu, p).unwrap();
-    ex.upload_inputs(&inputs).unwrap();
+    let mut ex = gpu.experts(p).unwrap();
+    ex.upload_weights(inputs.w1, inputs.w2).unwrap();
+    ex.upload_activations(&a1q, a1s.view(), &cnt0).unwrap();
     ex.capture_graph().unwrap();
     assert!(ex.has_graph());
     let out0 = vec![bf16::from_bits(0x7F81); e * t * k];
@@ -356,6 +357,51 @@ fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
 }
 
 #[test]
+fn resident_weights_serve_many_steps_with_new_activations() {
+    let Some(gpu) = gpu("resident_weights") else { return };
+    let mut rng = Rng::new(14);
+    let (e, t, k, i) = if small() { (2, 20, 256, 128) } else { (4, 50, 512, 256) };
+    let p = Experts::new(e, t, k, i, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
+    let (_, _, w1, w1s, w2, w2s) = random_experts(&mut rng, &p);
+    let (w1r, w2r) = (WeightsRef { q: &w1, s: &w1s }, WeightsRef { q: &w2, s: &w2s });
+    let mut ex = CudaExperts::new(gpu, p).unwrap();
+    let out0 = vec![bf16::from_bits(0x7F81); e * t * k];
+    // Before the weights: refused, nothing written.
+    let (a1q, a1s, ..) = random_experts(&mut rng, &p);
+    let mut out = out0.clone();
+    assert!(ex.step(&a1q, a1s.view(), &vec![1; e], &mut out).is_err());
+    assert_same("step before weights wrote nothing", &bits_u16(&out), &bits_u16(&out0));
+    ex.upload_weights(w1r, w2r).unwrap();
+    assert!(ex.has_weights());
+    let mut steps = 0;
+    for _ in 0..3 {
+        // New activations and counts each step; the weights stay resident.
+        let (a1q, a1s, ..) = random_experts(&mut rng, &p);
+        let cnt = counts(&mut rng, e, t);
+        let mut out_step = out0.clone();
+        ex.step(&a1q, a1s.view(), &cnt, &mut out_step).unwrap();
+        let inputs = ExpertsInputs {
+            a1q: &a1q,
+            a1s: a1s.view(),
+            w1: w1r,
+            w2: w2r,
+            counts: &cnt,
+        };
+        let (mut ws, mut out_apply) = (ExpertsWorkspace::new(&p), out0.clone());
+        gpu.apply(&p, inputs, &mut ws, &mut out_apply).unwrap();
+        assert_same("step equals apply", &bits_u16(&out_step), &bits_u16(&out_apply));
+        steps += 1;
+    }
+    // A bad step is rejected with the CPU's error before anything is uploaded or written.
+    let (a1q, a1s, ..) = random_experts(&mut rng, &p);
+    let mut out = out0.clone();
+    let err = ex.step(&a1q, a1s.view(), &vec![t as i32 + 1; e], &mut out).unwrap_err();
+    assert_eq!(err, MoeError::from(check_counts(&vec![t as i32 + 1; e], e, t).unwrap_err()));
+    assert_same("rejected step wrote nothing", &bits_u16(&out), &bits_u16(&out0));
+    println!("STEPS on resident weights equal to the host apply: {steps}");
+}
+
+#[test]
 fn gemm_bad_inputs_are_rejected_with_the_cpu_error() {
     let Some(gpu) = gpu("gemm_bad_inputs") else { return };
     let p = GroupedGemm::new(2, 4, 128, 256, ScaleFormat::F32).unwrap();
@@ -409,7 +455,7 @@ fn experts_graph_replay_timing_on_a_deepseek_shape() {
         w2: WeightsRef { q: &w2, s: &w2s },
         counts: &cnt,
     };
-    let mut ex = CudaExperts::new(gpu, p).unwrap();
+    let mut ex = gpu.experts(p).unwrap();
     ex.upload_inputs(&inputs).unwrap();
     ex.capture_graph().unwrap();
     let mut times = Vec::new();
