@@ -54,18 +54,20 @@ impl Drop for ProgramGuard {
 
 /// Compiles one program with [`NVRTC_OPTIONS`] plus `extra` options (e.g. `--ptxas-options=-v`).
 ///
-/// A missing NVRTC library is [`DeviceError::NoDevice`]; a compile failure is
-/// [`DeviceError::Compile`] with the program's file name and NVRTC's log.
+/// An option with a NUL byte (which no C string can hold) is [`DeviceError::Compile`], checked
+/// before anything else; a missing NVRTC library is [`DeviceError::NoDevice`]; a compile
+/// failure is [`DeviceError::Compile`] with the program's file name and NVRTC's log.
 pub fn compile(id: KernelId, extra: &[&str]) -> Result<Compiled, DeviceError> {
+    let compile_err = |log: String| DeviceError::Compile {
+        kernel: id.file().to_string(),
+        log,
+    };
+    let opts = c_options(extra).map_err(compile_err)?;
     if !nvrtc_present() {
         return Err(DeviceError::NoDevice {
             reason: "libnvrtc (CUDA 13) could not be loaded".into(),
         });
     }
-    let compile_err = |log: String| DeviceError::Compile {
-        kernel: id.file().to_string(),
-        log,
-    };
     let cstr = |what: &str, s: &str| CString::new(s).map_err(|_| compile_err(format!("{what} contains a NUL byte")));
     let src = cstr("the source", id.source())?;
     let name = cstr("the file name", id.file())?;
@@ -96,14 +98,15 @@ pub fn compile(id: KernelId, extra: &[&str]) -> Result<Compiled, DeviceError> {
         return Err(compile_err(format!("nvrtcCreateProgram: {st:?}")));
     }
     let guard = ProgramGuard(prog);
-    let opts: Vec<&str> = NVRTC_OPTIONS.iter().copied().chain(extra.iter().copied()).collect();
+    let opt_ptrs: Vec<*const c_char> = opts.iter().map(|c| c.as_ptr()).collect();
     // SAFETY: `guard.0` is a live program from `nvrtcCreateProgram` (destroyed only when
-    // `guard` drops, before the strings it may reference);
-    // the options are NUL-free ASCII strings that `compile_program` copies into C strings.
-    let status = unsafe { result::compile_program(guard.0, &opts) };
+    // `guard` drops, before the strings it may reference); `opt_ptrs` holds exactly
+    // `opt_ptrs.len()` pointers to NUL-terminated options owned by `opts`, which outlives the
+    // call.
+    let status = unsafe { sys::nvrtcCompileProgram(guard.0, opt_ptrs.len() as c_int, opt_ptrs.as_ptr()) };
     let log = log_of(guard.0);
-    if let Err(e) = status {
-        return Err(compile_err(format!("{e:?}\n{log}")));
+    if status != sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(compile_err(format!("{status:?}\n{log}")));
     }
     let mut size = 0usize;
     // SAFETY: `guard.0` is live and compiled; `size` is a valid out-pointer for one usize.
@@ -122,6 +125,16 @@ pub fn compile(id: KernelId, extra: &[&str]) -> Result<Compiled, DeviceError> {
     Ok(Compiled { id, cubin, log })
 }
 
+/// [`NVRTC_OPTIONS`] followed by `extra`, as C strings; an option with a NUL byte is an error
+/// naming it.
+fn c_options(extra: &[&str]) -> Result<Vec<CString>, String> {
+    NVRTC_OPTIONS
+        .iter()
+        .chain(extra)
+        .map(|o| CString::new(*o).map_err(|_| format!("the NVRTC option {o:?} contains a NUL byte")))
+        .collect()
+}
+
 /// NVRTC's version as `(major, minor)`, for reports.
 pub fn nvrtc_version() -> Option<(i32, i32)> {
     if !nvrtc_present() {
@@ -131,4 +144,29 @@ pub fn nvrtc_version() -> Option<(i32, i32)> {
     // SAFETY: two valid out-pointers to i32; the library is present (checked above).
     let st = unsafe { sys::nvrtcVersion(&mut major, &mut minor) };
     (st == sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_option_with_a_nul_byte_is_a_compile_error_not_a_panic() {
+        // cudarc's `compile_program` unwraps `CString::new` and panicked here.
+        match compile(KernelId::Counts, &["--ptxas-options=-v", "--define-macro=X\0Y"]) {
+            Err(DeviceError::Compile { kernel, log }) => {
+                assert_eq!(kernel, "counts.cu");
+                assert!(log.contains("NUL byte") && log.contains("X\\0Y"), "{log}");
+            }
+            other => panic!("expected DeviceError::Compile, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn options_are_the_fixed_ones_then_the_extra_ones() {
+        let opts = c_options(&["-v"]).unwrap();
+        assert_eq!(opts.len(), NVRTC_OPTIONS.len() + 1);
+        assert_eq!(opts[0].to_str().unwrap(), NVRTC_OPTIONS[0]);
+        assert_eq!(opts.last().unwrap().to_str().unwrap(), "-v");
+    }
 }
