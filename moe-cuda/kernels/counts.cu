@@ -10,7 +10,7 @@ extern "C" __global__ void __launch_bounds__(1024) moe_counts_prefix(const int* 
     __shared__ int s_rows[1024];
     __shared__ int s_tiles[1024];
     const int tid = threadIdx.x;
-    const int per = (E + 1023) / 1024;
+    const int per = (int)(((long long)E + 1023) / 1024);
     const int b = tid * per;
     const int end = min(b + per, E);
     int r = 0, tl = 0;

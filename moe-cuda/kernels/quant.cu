@@ -67,23 +67,24 @@ extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
     }
 }
 
-// One 256-thread block per 128x128 block (grid-stride over E * RB * CB blocks).
+// One 256-thread block per 128x128 block (grid-stride over E * RB * CB blocks). Block and element
+// indices are 64-bit, so `R + 127` cannot wrap for any R the host accepts (moe-cuda `limits`).
 extern "C" __global__ void __launch_bounds__(256) moe_block_quant(const void* __restrict__ w, int w_is_f32, u8* __restrict__ q,
                                                                   float* __restrict__ s, int E, int R, int C, int pow2) {
     __shared__ float red[8];
-    const int RB = (R + GROUP - 1) / GROUP;
-    const int CB = (C + GROUP - 1) / GROUP;
+    const long long RB = ((long long)R + GROUP - 1) / GROUP;
+    const long long CB = ((long long)C + GROUP - 1) / GROUP;
     const long long nblocks = (long long)E * RB * CB;
     for (long long bi = blockIdx.x; bi < nblocks; bi += gridDim.x) {
-        const int cb = (int)(bi % CB);
-        const int rb = (int)((bi / CB) % RB);
-        const int e = (int)(bi / ((long long)CB * RB));
+        const long long cb = bi % CB;
+        const long long rb = (bi / CB) % RB;
+        const long long e = bi / (CB * RB);
         float m = 0.0f;
         for (int i = threadIdx.x; i < GROUP * GROUP; i += blockDim.x) {
-            const int r = rb * GROUP + i / GROUP;
-            const int c = cb * GROUP + i % GROUP;
+            const long long r = rb * GROUP + i / GROUP;
+            const long long c = cb * GROUP + i % GROUP;
             if (r < R && c < C) {
-                const long long off = ((long long)e * R + r) * C + c;
+                const long long off = (e * R + r) * C + c;
                 const float v = w_is_f32 ? reinterpret_cast<const float*>(w)[off] : bf16_to_f32(reinterpret_cast<const u16*>(w)[off]);
                 m = max_num(m, fabsf(v));
             }
@@ -98,14 +99,14 @@ extern "C" __global__ void __launch_bounds__(256) moe_block_quant(const void* __
         float sc = __fdiv_rn(amax, 448.0f);
         if (pow2) sc = ceil_pow2(sc);
         for (int i = threadIdx.x; i < GROUP * GROUP; i += blockDim.x) {
-            const int r = rb * GROUP + i / GROUP;
-            const int c = cb * GROUP + i % GROUP;
+            const long long r = rb * GROUP + i / GROUP;
+            const long long c = cb * GROUP + i % GROUP;
             if (r < R && c < C) {
-                const long long off = ((long long)e * R + r) * C + c;
+                const long long off = (e * R + r) * C + c;
                 const float v = w_is_f32 ? reinterpret_cast<const float*>(w)[off] : bf16_to_f32(reinterpret_cast<const u16*>(w)[off]);
                 q[off] = e4m3_sat(__fdiv_rn(v, sc));
             }
         }
-        if (threadIdx.x == 0) s[((long long)e * RB + rb) * CB + cb] = sc;
+        if (threadIdx.x == 0) s[(e * RB + rb) * CB + cb] = sc;
     }
 }

@@ -1,11 +1,12 @@
 //! [`CudaBackend`]: every operation of SPEC §5 on host slices, run on the GPU.
 //!
 //! Each entry point validates its arguments with the same moe-core `check*` method as the CPU
-//! reference (so bad input gives the same error, before any allocation or launch), uploads its
-//! inputs and its in-out outputs, launches, synchronizes, and only then copies the outputs back,
-//! so a device failure never leaves a half-written host buffer. Rows past `counts` are never
-//! written on the device, and the upload of the caller's buffer makes them round-trip
-//! unchanged.
+//! reference (so bad input gives the same error, before any allocation or launch), then the
+//! dimensions against what the kernels can index (`limits`), uploads its inputs and its in-out
+//! outputs, and launches. Downloads are staged: every output is first copied into a host
+//! temporary, the stream is synchronized, and only then are the caller's buffers written, all
+//! of them or, on any error, none (never `q` without `s`). Rows past `counts` are never written
+//! on the device, and the upload of the caller's buffer makes them round-trip unchanged.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,18 +14,20 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Capabilities, DeviceError, Experts, ExpertsInputs,
-    ExpertsWorkspace, Finalize, GroupedGemm, MoeResult, Prepare, ScaleLayout, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant, GROUP,
+    ExpertsWorkspace, Finalize, GroupedGemm, MoeResult, Prepare, ScaleLayout, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant,
 };
 
 use crate::device::{driver_err, Device};
 use crate::launch::{Launcher, XIn, GEMM_BM};
-use crate::limits::int_dims;
-use crate::memory::{alloc, bf16_bits, bf16_bits_mut, download, scale_words, scale_words_mut, sync, upload};
+use crate::limits;
+use crate::memory::{alloc, bf16_bits, bf16_bits_mut, commit1, commit2, fetch, scale_words, scale_words_mut, sync, upload};
 use crate::stage::{self, Activations, Weights, Work};
 
 /// The CUDA backend: one GPU (an H100 or H200), one stream, kernels compiled on first use.
 ///
-/// Host-slice calls are serialized by an internal lock; each is synchronous.
+/// Host-slice calls are serialized by an internal lock; each is synchronous. Each writes its
+/// outputs only once the whole call has succeeded: on any error, input or device, the caller's
+/// buffers hold what they held before (the downloads are staged in host temporaries).
 #[derive(Debug)]
 pub struct CudaBackend {
     pub(crate) dev: Arc<Device>,
@@ -113,7 +116,7 @@ impl CudaBackend {
         const OP: &str = "grouped gemm";
         p.check(a, &sa, b, sb, counts, d)?;
         let (e, t, n, k) = (p.experts(), p.capacity(), p.n(), p.k());
-        int_dims("a", &[e * t, n, k])?;
+        limits::grouped_gemm(e, t, n, k)?;
         let _g = self.guard();
         let s = &self.stream;
         let a_d = upload(s, a, OP)?;
@@ -138,8 +141,7 @@ impl CudaBackend {
             (e, t, n, k),
             chain,
         )?;
-        sync(&self.dev, s, OP)?;
-        download(s, &d_d, bf16_bits_mut(d), OP)?;
+        commit1(|| fetch(s, &d_d, OP), bf16_bits_mut(d), || sync(&self.dev, s, OP))?;
         Ok(())
     }
 
@@ -159,8 +161,7 @@ impl CudaBackend {
         }
         let buf = scratch.as_mut().expect("allocated above");
         self.launcher().exp_f32_range(start, n, buf)?;
-        sync(&self.dev, &self.stream, OP)?;
-        download(&self.stream, buf, out, OP)?;
+        commit1(|| fetch(&self.stream, buf, OP), out, || sync(&self.dev, &self.stream, OP))?;
         Ok(())
     }
 
@@ -175,8 +176,7 @@ impl CudaBackend {
         }
         let mut buf = alloc::<u8>(&self.stream, out.len(), OP)?;
         self.launcher().e4m3_range(start, out.len(), &mut buf)?;
-        sync(&self.dev, &self.stream, OP)?;
-        download(&self.stream, &buf, out, OP)?;
+        commit1(|| fetch(&self.stream, &buf, OP), out, || sync(&self.dev, &self.stream, OP))?;
         Ok(())
     }
 
@@ -188,9 +188,8 @@ impl CudaBackend {
         let _g = self.guard();
         let mut buf = alloc::<u16>(&self.stream, 65536, OP)?;
         self.launcher().vllm_ceil_table(&mut buf)?;
+        let out = fetch(&self.stream, &buf, OP)?;
         sync(&self.dev, &self.stream, OP)?;
-        let mut out = vec![0u16; 65536];
-        download(&self.stream, &buf, &mut out, OP)?;
         Ok(out)
     }
 }
@@ -204,7 +203,7 @@ impl Backend for CudaBackend {
         const OP: &str = "token-group quant";
         p.check(&x, q, &s)?;
         let (rows, k) = (p.rows(), p.k());
-        int_dims("x", &[rows, k])?;
+        limits::token_group_quant(rows, k)?;
         if rows == 0 {
             return Ok(());
         }
@@ -226,9 +225,7 @@ impl Backend for CudaBackend {
             p.scale_format(),
             p.layout() == ScaleLayout::MnMajor,
         )?;
-        sync(&self.dev, st, OP)?;
-        download(st, &q_d, q, OP)?;
-        download(st, &s_d, sw, OP)?;
+        commit2(|| fetch(st, &q_d, OP), q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
         Ok(())
     }
 
@@ -243,7 +240,7 @@ impl Backend for CudaBackend {
         const OP: &str = "batched token-group quant";
         p.check(&x, counts, q, &s)?;
         let (e, t, k) = (p.experts(), p.capacity(), p.k());
-        int_dims("x", &[e * t, k])?;
+        limits::batched_quant(e, t, k)?;
         let _g = self.guard();
         let st = &self.stream;
         let xb = XBuf::upload(st, &x, OP)?;
@@ -266,9 +263,7 @@ impl Backend for CudaBackend {
             p.scale_format(),
             true,
         )?;
-        sync(&self.dev, st, OP)?;
-        download(st, &q_d, q, OP)?;
-        download(st, &s_d, sw, OP)?;
+        commit2(|| fetch(st, &q_d, OP), q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
         Ok(())
     }
 
@@ -276,16 +271,14 @@ impl Backend for CudaBackend {
         const OP: &str = "block quant";
         p.check(&w, q, s)?;
         let (e, r, c) = (p.experts(), p.rows(), p.cols());
-        int_dims("w", &[e, r, c, e * r.div_ceil(GROUP) * c.div_ceil(GROUP)])?;
+        limits::block_quant(e, r, c)?;
         let _g = self.guard();
         let st = &self.stream;
         let wb = XBuf::upload(st, &w, OP)?;
         let mut q_d = alloc::<u8>(st, q.len(), OP)?;
         let mut s_d = alloc::<f32>(st, s.len(), OP)?;
         self.launcher().block_quant(wb.as_in(), &mut q_d, &mut s_d, e, r, c, p.pow2())?;
-        sync(&self.dev, st, OP)?;
-        download(st, &q_d, q, OP)?;
-        download(st, &s_d, s, OP)?;
+        commit2(|| fetch(st, &q_d, OP), q, || fetch(st, &s_d, OP), s, || sync(&self.dev, st, OP))?;
         Ok(())
     }
 
@@ -293,7 +286,7 @@ impl Backend for CudaBackend {
         const OP: &str = "silu-mul-quant";
         p.check(y, counts, q, &s)?;
         let (e, t, h) = (p.experts(), p.capacity(), p.h());
-        int_dims("y", &[e * t, 2 * h])?;
+        limits::silu_mul_quant(e, t, h)?;
         let _g = self.guard();
         let st = &self.stream;
         let y_d = upload(st, bf16_bits(y), OP)?;
@@ -306,9 +299,7 @@ impl Backend for CudaBackend {
         let l = self.launcher();
         l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
         l.silu_mul_quant(&y_d, &mut q_d, &mut s_d, (e, t, h), &prefix, p.scale_format(), p.numerics())?;
-        sync(&self.dev, st, OP)?;
-        download(st, &q_d, q, OP)?;
-        download(st, &s_d, sw, OP)?;
+        commit2(|| fetch(st, &q_d, OP), q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
         Ok(())
     }
 
@@ -338,7 +329,7 @@ impl Backend for CudaBackend {
         // Routing (validation, dedup, overflow) on the host, exactly as the reference does.
         let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
         let (m, e, t, k) = (p.tokens(), p.experts(), p.capacity(), p.k());
-        int_dims("a1q", &[e * t, k, m])?;
+        limits::prepare(m, k, e, t)?;
         let live: usize = routing.counts().iter().map(|&c| c as usize).sum();
         if live > 0 {
             // gather[e*T + r] = the token in row r of expert e; dead rows point at token 0 and
@@ -372,9 +363,7 @@ impl Backend for CudaBackend {
                 p.scale_format(),
                 true,
             )?;
-            sync(&self.dev, st, OP)?;
-            download(st, &q_d, a1q, OP)?;
-            download(st, &s_d, sw, OP)?;
+            commit2(|| fetch(st, &q_d, OP), a1q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
         }
         counts.copy_from_slice(routing.counts());
         Ok(())
@@ -384,7 +373,7 @@ impl Backend for CudaBackend {
         const OP: &str = "finalize";
         let routing = p.check(expert_out, topk_ids, topk_weights, out)?;
         let (m, k, topk, e, t) = (p.tokens(), p.k(), p.topk(), p.experts(), p.capacity());
-        int_dims("expert_out", &[e * t, k, topk])?;
+        limits::finalize(k, topk, e, t)?;
         if m == 0 {
             return Ok(());
         }
@@ -397,8 +386,7 @@ impl Backend for CudaBackend {
         let mut out_d = alloc::<u16>(st, out.len(), OP)?;
         self.launcher()
             .finalize(&eo_d, &ids_d, &rows_d, &w_d, &mut out_d, (m, k, topk, e, t))?;
-        sync(&self.dev, st, OP)?;
-        download(st, &out_d, bf16_bits_mut(out), OP)?;
+        commit1(|| fetch(st, &out_d, OP), bf16_bits_mut(out), || sync(&self.dev, st, OP))?;
         Ok(())
     }
 }

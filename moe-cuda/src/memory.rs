@@ -58,15 +58,35 @@ pub(crate) fn fetch<T: DeviceRepr>(stream: &Arc<CudaStream>, src: &CudaSlice<T>,
     stream.clone_dtoh(src).map_err(driver_err(op))
 }
 
-/// Copies the whole of `src` into `dst` of exactly the same length.
-pub(crate) fn download<T: DeviceRepr>(
-    stream: &Arc<CudaStream>,
-    src: &CudaSlice<T>,
-    dst: &mut [T],
-    op: &'static str,
+/// Hands one call's single staged download to the caller: runs `fetch_a` (device → host `Vec`)
+/// and `finish` (the final synchronization), and copies into `dst_a` only if both succeeded.
+pub(crate) fn commit1<A: Copy>(
+    fetch_a: impl FnOnce() -> Result<Vec<A>, DeviceError>,
+    dst_a: &mut [A],
+    finish: impl FnOnce() -> Result<(), DeviceError>,
 ) -> Result<(), DeviceError> {
-    assert_eq!(src.len(), dst.len(), "moe-cuda bug: download length");
-    stream.memcpy_dtoh(src, dst).map_err(driver_err(op))
+    let a = fetch_a()?;
+    finish()?;
+    dst_a.copy_from_slice(&a);
+    Ok(())
+}
+
+/// Hands one call's two staged downloads to the caller: runs `fetch_a`, `fetch_b` and `finish`,
+/// and only if all three succeeded copies into `dst_a` and `dst_b`. On any error neither
+/// destination is written (never the first output without the second).
+pub(crate) fn commit2<A: Copy, B: Copy>(
+    fetch_a: impl FnOnce() -> Result<Vec<A>, DeviceError>,
+    dst_a: &mut [A],
+    fetch_b: impl FnOnce() -> Result<Vec<B>, DeviceError>,
+    dst_b: &mut [B],
+    finish: impl FnOnce() -> Result<(), DeviceError>,
+) -> Result<(), DeviceError> {
+    let a = fetch_a()?;
+    let b = fetch_b()?;
+    finish()?;
+    dst_a.copy_from_slice(&a);
+    dst_b.copy_from_slice(&b);
+    Ok(())
 }
 
 /// Waits for everything enqueued on `stream` and reports any asynchronous error of the context.
@@ -112,6 +132,41 @@ pub(crate) fn scale_buf_words_mut(s: &mut ScaleBuf) -> &mut [u32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failed() -> DeviceError {
+        DeviceError::Driver {
+            op: "test",
+            detail: "injected".into(),
+        }
+    }
+
+    #[test]
+    fn a_failing_second_download_writes_neither_output() {
+        let (mut q, mut s) = (vec![9u8; 3], vec![7u32; 2]);
+        let r = commit2(|| Ok(vec![1u8, 2, 3]), &mut q, || Err(failed()), &mut s, || Ok(()));
+        assert_eq!(r, Err(failed()));
+        assert_eq!((q.as_slice(), s.as_slice()), (&[9u8, 9, 9][..], &[7u32, 7][..]));
+    }
+
+    #[test]
+    fn a_failing_final_synchronization_writes_no_output() {
+        let (mut q, mut s) = (vec![9u8; 3], vec![7u32; 2]);
+        assert!(commit2(|| Ok(vec![1u8, 2, 3]), &mut q, || Ok(vec![4u32, 5]), &mut s, || Err(failed())).is_err());
+        assert_eq!((q.as_slice(), s.as_slice()), (&[9u8, 9, 9][..], &[7u32, 7][..]));
+        let mut d = vec![1u16; 2];
+        assert!(commit1(|| Ok(vec![5u16, 6]), &mut d, || Err(failed())).is_err());
+        assert_eq!(d, [1, 1]);
+    }
+
+    #[test]
+    fn successful_downloads_write_both_outputs() {
+        let (mut q, mut s) = (vec![9u8; 3], vec![7u32; 2]);
+        commit2(|| Ok(vec![1u8, 2, 3]), &mut q, || Ok(vec![4u32, 5]), &mut s, || Ok(())).unwrap();
+        assert_eq!((q, s), (vec![1, 2, 3], vec![4, 5]));
+        let mut d = vec![1u16; 2];
+        commit1(|| Ok(vec![5u16, 6]), &mut d, || Ok(())).unwrap();
+        assert_eq!(d, [5, 6]);
+    }
 
     #[test]
     fn bit_casts_keep_every_bit() {

@@ -65,8 +65,7 @@ impl HostWork {
 
 /// Rejects a problem whose dimensions the kernels cannot index.
 pub(crate) fn check_dims(p: &Experts) -> Result<(), ProblemError> {
-    let (e, t, k, i) = (p.experts(), p.capacity(), p.k(), p.i());
-    limits::int_dims("a1q", &[e * t, k, 2 * i])
+    limits::experts(p.experts(), p.capacity(), p.k(), p.i())
 }
 
 /// Validates `ws` against `p`'s intermediates, naming the first wrong tensor.
@@ -215,4 +214,42 @@ pub(crate) fn enqueue(l: &Launcher<'_>, p: &Experts, w: &Weights, a: &Activation
         (e, t, k, i),
         true,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use moe_core::{Numerics, ScaleBuf, ScaleFormat};
+
+    use super::*;
+
+    #[test]
+    fn the_workspace_is_checked_from_the_shapes_alone() {
+        let p = Experts::new(3, 5, 256, 384, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
+        let good = ExpertsWorkspace::new(&p);
+        assert!(check_workspace(&p, &good).is_ok());
+        let mut ws = good.clone();
+        ws.h1.pop();
+        assert_eq!(check_workspace(&p, &ws).unwrap_err().tensor(), "h1");
+        let mut ws = good.clone();
+        ws.q2.push(0);
+        assert_eq!(check_workspace(&p, &ws).unwrap_err().tensor(), "q2");
+        // Same length, wrong kind: f32 scales where packed words are expected.
+        let mut ws = good.clone();
+        ws.s2 = ScaleBuf::F32(vec![0.0; good.s2.len()]);
+        assert_eq!(check_workspace(&p, &ws).unwrap_err().tensor(), "s2");
+        let empty = ExpertsWorkspace {
+            h1: Vec::new(),
+            q2: Vec::new(),
+            s2: ScaleBuf::Packed(Vec::new()),
+        };
+        assert!(check_workspace(&p, &empty).is_err());
+    }
+
+    #[test]
+    fn the_experts_dimensions_go_through_the_kernel_limits() {
+        let p = Experts::new(1 << 16, 1 << 15, 128, 128, ScaleFormat::F32, Numerics::F32).unwrap();
+        assert!(check_dims(&p).is_err());
+        let p = Experts::new(8, 256, 7168, 2048, ScaleFormat::F32, Numerics::F32).unwrap();
+        assert!(check_dims(&p).is_ok());
+    }
 }

@@ -390,9 +390,23 @@ fn resident_weights_serve_many_steps_with_new_activations() {
             w2: w2r,
             counts: &cnt,
         };
-        let (mut ws, mut out_apply) = (ExpertsWorkspace::new(&p), out0.clone());
+        // The first apply gets a workspace of the wrong shapes: replaced, results unchanged.
+        let mut ws = if steps == 0 {
+            ExpertsWorkspace {
+                h1: Vec::new(),
+                q2: vec![1],
+                s2: ScaleBuf::F32(Vec::new()),
+            }
+        } else {
+            ExpertsWorkspace::new(&p)
+        };
+        let mut out_apply = out0.clone();
         gpu.apply(&p, inputs, &mut ws, &mut out_apply).unwrap();
         assert_same("step equals apply", &bits_u16(&out_step), &bits_u16(&out_apply));
+        assert_eq!(
+            (ws.h1.len(), ws.q2.len(), ws.s2.view().is_packed()),
+            (e * t * 2 * i, e * t * i, true)
+        );
         steps += 1;
     }
     // A bad step is rejected with the CPU's error before anything is uploaded or written.
