@@ -1,4 +1,5 @@
-//! Compiles every kernel program with NVRTC for `sm_90a` (no GPU needed) and prints the
+//! Compiles every kernel program (the backend's and the self-test program) with NVRTC for
+//! `sm_90a` (no GPU needed) and prints the
 //! `ptxas` resource report (registers, spills, shared memory) of each entry point.
 //! Run by `cargo xtask nvrtc-check`; exits non-zero on any failure.
 
@@ -18,7 +19,8 @@ fn main() -> ExitCode {
         moe_cuda::NVRTC_OPTIONS
     );
     let mut failed = 0;
-    for id in KernelId::ALL {
+    let programs: Vec<KernelId> = KernelId::ALL.into_iter().chain(KernelId::TEST_SUPPORT).collect();
+    for &id in &programs {
         let t0 = std::time::Instant::now();
         match compile(id, &["--ptxas-options=-v"]) {
             Ok(c) => {
@@ -52,7 +54,7 @@ fn main() -> ExitCode {
         eprintln!("nvrtc-check: {failed} program(s) failed to compile");
         ExitCode::FAILURE
     } else {
-        println!("nvrtc-check: all {} programs compiled for sm_90a", KernelId::ALL.len());
+        println!("nvrtc-check: all {} programs compiled for sm_90a", programs.len());
         ExitCode::SUCCESS
     }
 }

@@ -1,9 +1,15 @@
-// moe-cuda common device helpers, prepended to every kernel source (no toolkit headers).
+// moe-cuda common device helpers, included by every kernel source (no toolkit headers; NVRTC
+// receives this file and codes.cuh as named headers).
 //
 // Every kernel is compiled with --fmad=false --prec-div=true --ftz=false, and the f32
 // arithmetic below is written with the explicit round-to-nearest intrinsics anyway, so no
 // contraction or approximation can change a bit. Each helper mirrors a function of moe-core
 // (named in its comment) and must agree with it on every input.
+
+#ifndef MOE_COMMON_CUH
+#define MOE_COMMON_CUH
+
+#include "codes.cuh"
 
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -169,3 +175,5 @@ __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
     return v;
 }
+
+#endif

@@ -3,12 +3,14 @@
 // prefix[e] = sum_{f<e} clamp(counts[f]); tile_prefix[e] = sum_{f<e} ceil(clamp(counts[f]) / bm);
 // both arrays hold E + 1 entries (the last one is the total).
 
+#include "common.cuh"
+
 extern "C" __global__ void __launch_bounds__(1024) moe_counts_prefix(const int* __restrict__ counts, int E, int T, int bm,
                                                                      int* __restrict__ prefix, int* __restrict__ tile_prefix) {
     __shared__ int s_rows[1024];
     __shared__ int s_tiles[1024];
     const int tid = threadIdx.x;
-    const int per = (E + 1023) / 1024;
+    const int per = (int)(((long long)E + 1023) / 1024);
     const int b = tid * per;
     const int end = min(b + per, E);
     int r = 0, tl = 0;

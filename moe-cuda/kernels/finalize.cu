@@ -2,6 +2,8 @@
 // j increasing, ids of -1 skipped. `rows` (M * topk) is the validated routing from the host;
 // anything out of range is skipped rather than read.
 
+#include "common.cuh"
+
 extern "C" __global__ void __launch_bounds__(256) moe_finalize(const u16* __restrict__ eo, const int* __restrict__ ids,
                                                                const int* __restrict__ rows, const float* __restrict__ w,
                                                                u16* __restrict__ out, long long M, int K, int topk, int E, int T) {

@@ -11,6 +11,8 @@
 // CHAIN = true: the four k32 MMAs of a 128 block accumulate on the tensor cores (SPEC).
 // CHAIN = false: each k32 MMA starts from zero and the four are summed in f32 (diagnostic).
 
+#include "common.cuh"
+
 #define BM 64
 #define BN 64
 #define BK 128

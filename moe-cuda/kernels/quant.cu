@@ -1,6 +1,8 @@
 // Token-group quantization (SPEC §5.1, bit-exact) and 128x128 block quantization (SPEC §4).
 
-// fmt: 0 = F32, 1 = F32CeilUe8m0, 2 = Ue8m0Packed.
+#include "common.cuh"
+
+// fmt: a MOE_FMT_* code (codes.cuh).
 // One warp per item; an item is one group (f32 formats) or one packed word of up to 4 groups.
 // Rows: E * T logical rows (e, t). When `prefix` is non-null only live rows t < clamp(counts[e])
 // are visited (prefix from moe_counts_prefix); otherwise every row is live.
@@ -13,7 +15,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
     const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const long long nwarps = ((long long)gridDim.x * blockDim.x) >> 5;
     const int G = K / GROUP;
-    const int cols = fmt == 2 ? (G + 3) / 4 : G;
+    const int cols = fmt == MOE_FMT_UE8M0_PACKED ? (G + 3) / 4 : G;
     const long long live = prefix ? (long long)prefix[E] : (long long)E * T;
     const long long items = live * cols;
     for (long long it = warp; it < items; it += nwarps) {
@@ -29,8 +31,8 @@ extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
         }
         const long long row = (long long)e * T + t;
         const long long src = gather ? (long long)gather[row] : row;
-        const int g0 = fmt == 2 ? col * 4 : col;
-        const int g1 = fmt == 2 ? min(g0 + 4, G) : g0 + 1;
+        const int g0 = fmt == MOE_FMT_UE8M0_PACKED ? col * 4 : col;
+        const int g1 = fmt == MOE_FMT_UE8M0_PACKED ? min(g0 + 4, G) : g0 + 1;
         u32 word = 0;
         float sval = 0.0f;
         for (int g = g0; g < g1; ++g) {
@@ -51,7 +53,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
             m = warp_max(m);
             const float amax = max_num(1e-10f, m);
             float sc = __fdiv_rn(amax, 448.0f);
-            if (fmt != 0) sc = ceil_pow2(sc);
+            if (fmt != MOE_FMT_F32) sc = ceil_pow2(sc);
             u32 packed = 0;
             for (int i = 0; i < 4; ++i) packed |= ((u32)e4m3_sat(__fdiv_rn(v[i], sc))) << (8 * i);
             *reinterpret_cast<u32*>(q + row * K + (long long)g * GROUP + lane * 4) = packed;
@@ -60,28 +62,29 @@ extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
         }
         if (lane == 0) {
             const long long si = mn_major ? ((long long)e * cols + col) * T + t : row * cols + col;
-            s[si] = fmt == 2 ? word : __float_as_uint(sval);
+            s[si] = fmt == MOE_FMT_UE8M0_PACKED ? word : __float_as_uint(sval);
         }
     }
 }
 
-// One 256-thread block per 128x128 block (grid-stride over E * RB * CB blocks).
+// One 256-thread block per 128x128 block (grid-stride over E * RB * CB blocks). Block and element
+// indices are 64-bit, so `R + 127` cannot wrap for any R the host accepts (moe-cuda `limits`).
 extern "C" __global__ void __launch_bounds__(256) moe_block_quant(const void* __restrict__ w, int w_is_f32, u8* __restrict__ q,
                                                                   float* __restrict__ s, int E, int R, int C, int pow2) {
     __shared__ float red[8];
-    const int RB = (R + GROUP - 1) / GROUP;
-    const int CB = (C + GROUP - 1) / GROUP;
+    const long long RB = ((long long)R + GROUP - 1) / GROUP;
+    const long long CB = ((long long)C + GROUP - 1) / GROUP;
     const long long nblocks = (long long)E * RB * CB;
     for (long long bi = blockIdx.x; bi < nblocks; bi += gridDim.x) {
-        const int cb = (int)(bi % CB);
-        const int rb = (int)((bi / CB) % RB);
-        const int e = (int)(bi / ((long long)CB * RB));
+        const long long cb = bi % CB;
+        const long long rb = (bi / CB) % RB;
+        const long long e = bi / (CB * RB);
         float m = 0.0f;
         for (int i = threadIdx.x; i < GROUP * GROUP; i += blockDim.x) {
-            const int r = rb * GROUP + i / GROUP;
-            const int c = cb * GROUP + i % GROUP;
+            const long long r = rb * GROUP + i / GROUP;
+            const long long c = cb * GROUP + i % GROUP;
             if (r < R && c < C) {
-                const long long off = ((long long)e * R + r) * C + c;
+                const long long off = (e * R + r) * C + c;
                 const float v = w_is_f32 ? reinterpret_cast<const float*>(w)[off] : bf16_to_f32(reinterpret_cast<const u16*>(w)[off]);
                 m = max_num(m, fabsf(v));
             }
@@ -96,14 +99,14 @@ extern "C" __global__ void __launch_bounds__(256) moe_block_quant(const void* __
         float sc = __fdiv_rn(amax, 448.0f);
         if (pow2) sc = ceil_pow2(sc);
         for (int i = threadIdx.x; i < GROUP * GROUP; i += blockDim.x) {
-            const int r = rb * GROUP + i / GROUP;
-            const int c = cb * GROUP + i % GROUP;
+            const long long r = rb * GROUP + i / GROUP;
+            const long long c = cb * GROUP + i % GROUP;
             if (r < R && c < C) {
-                const long long off = ((long long)e * R + r) * C + c;
+                const long long off = (e * R + r) * C + c;
                 const float v = w_is_f32 ? reinterpret_cast<const float*>(w)[off] : bf16_to_f32(reinterpret_cast<const u16*>(w)[off]);
                 q[off] = e4m3_sat(__fdiv_rn(v, sc));
             }
         }
-        if (threadIdx.x == 0) s[((long long)e * RB + rb) * CB + cb] = sc;
+        if (threadIdx.x == 0) s[(e * RB + rb) * CB + cb] = sc;
     }
 }

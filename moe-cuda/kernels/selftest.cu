@@ -1,5 +1,7 @@
 // Self-test kernels: the device helpers evaluated on whole input ranges, compared on the host.
 
+#include "common.cuh"
+
 // out[i] = exp_f32(bits = start + i), for i < n.
 extern "C" __global__ void moe_exp_f32_range(u32 start, long long n, float* __restrict__ out) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {

@@ -2,7 +2,9 @@
 // Persistent: launched with a fixed grid whatever the counts; every block reads the device
 // prefix of the clamped counts (moe_counts_prefix) and walks the live (row, column) items
 // with one warp per item, so the launch can be captured in a CUDA graph.
-// fmt: 0 = F32, 1 = F32CeilUe8m0, 2 = Ue8m0Packed; numerics: 0 = VllmBf16, 1 = F32.
+// fmt: a MOE_FMT_* code, numerics: a MOE_NUMERICS_* code (codes.cuh).
+
+#include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(256) moe_silu_mul_quant(const u16* __restrict__ y, u8* __restrict__ q, u32* __restrict__ s,
                                                                      int E, int T, int H, const int* __restrict__ prefix, int fmt,
@@ -11,7 +13,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_silu_mul_quant(const u16* 
     const long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const long long nwarps = ((long long)gridDim.x * blockDim.x) >> 5;
     const int G = H / GROUP;
-    const int cols = fmt == 2 ? (G + 3) / 4 : G;
+    const int cols = fmt == MOE_FMT_UE8M0_PACKED ? (G + 3) / 4 : G;
     const long long items = (long long)prefix[E] * cols;
     const float BF16_1E_10 = bf16_to_f32((u16)0x2EDC);
     const float BF16_INV448 = bf16_to_f32((u16)0x3B12);
@@ -21,8 +23,8 @@ extern "C" __global__ void __launch_bounds__(256) moe_silu_mul_quant(const u16* 
         const int e = find_expert(prefix, E, li);
         const int t = (int)(li - prefix[e]);
         const long long row = (long long)e * T + t;
-        const int g0 = fmt == 2 ? col * 4 : col;
-        const int g1 = fmt == 2 ? min(g0 + 4, G) : g0 + 1;
+        const int g0 = fmt == MOE_FMT_UE8M0_PACKED ? col * 4 : col;
+        const int g1 = fmt == MOE_FMT_UE8M0_PACKED ? min(g0 + 4, G) : g0 + 1;
         u32 word = 0;
         float sval = 0.0f;
         for (int g = g0; g < g1; ++g) {
@@ -35,7 +37,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_silu_mul_quant(const u16* 
             float m = 0.0f;
             u32 packed = 0;
             float sc;
-            if (numerics == 0) {
+            if (numerics == MOE_NUMERICS_VLLM_BF16) {
                 for (int i = 0; i < 4; ++i) {
                     const float a = round_bf16(silu_f32(bf16_to_f32(gb[i])));
                     v[i] = round_bf16(__fmul_rn(a, bf16_to_f32(ub[i])));
@@ -44,7 +46,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_silu_mul_quant(const u16* 
                 m = warp_max(m);
                 const float amax = max_num(BF16_1E_10, m);
                 u16 sb = bf16_bits_rn(__fmul_rn(amax, BF16_INV448));
-                if (fmt != 0) sb = vllm_ceil_pow2_bf16(sb);
+                if (fmt != MOE_FMT_F32) sb = vllm_ceil_pow2_bf16(sb);
                 sc = bf16_to_f32(sb);
                 const float inv = round_bf16(__fdiv_rn(1.0f, sc));
                 for (int i = 0; i < 4; ++i) {
@@ -59,7 +61,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_silu_mul_quant(const u16* 
                 m = warp_max(m);
                 const float amax = max_num(1e-10f, m);
                 sc = __fdiv_rn(amax, 448.0f);
-                if (fmt != 0) sc = ceil_pow2(sc);
+                if (fmt != MOE_FMT_F32) sc = ceil_pow2(sc);
                 for (int i = 0; i < 4; ++i) packed |= ((u32)e4m3_sat(__fdiv_rn(v[i], sc))) << (8 * i);
             }
             *reinterpret_cast<u32*>(q + row * H + (long long)g * GROUP + lane * 4) = packed;
@@ -68,7 +70,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_silu_mul_quant(const u16* 
         }
         if (lane == 0) {
             const long long si = ((long long)e * cols + col) * T + t;
-            s[si] = fmt == 2 ? word : __float_as_uint(sval);
+            s[si] = fmt == MOE_FMT_UE8M0_PACKED ? word : __float_as_uint(sval);
         }
     }
 }

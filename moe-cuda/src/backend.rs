@@ -1,96 +1,38 @@
 //! [`CudaBackend`]: every operation of SPEC §5 on host slices, run on the GPU.
 //!
 //! Each entry point validates its arguments with the same moe-core `check*` method as the CPU
-//! reference (so bad input gives the same error, before any allocation or launch), uploads its
-//! inputs and its in-out outputs, launches, synchronizes, and only then copies the outputs back,
-//! so a device failure never leaves a half-written host buffer. Rows past `counts` are never
-//! written on the device, and the upload of the caller's buffer makes them round-trip
-//! unchanged.
+//! reference (so bad input gives the same error, before any allocation or launch), then the
+//! dimensions against what the kernels can index (`limits`), uploads its inputs and its in-out
+//! outputs, and launches. Downloads are staged: every output is first copied into a host
+//! temporary, the stream is synchronized, and only then are the caller's buffers written, all
+//! of them or, on any error, none (never `q` without `s`). Rows past `counts` are never written
+//! on the device, and the upload of the caller's buffer makes them round-trip unchanged.
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Capabilities, DeviceError, Experts, ExpertsInputs,
-    ExpertsWorkspace, Finalize, GroupedGemm, MoeResult, Prepare, ProblemError, ScaleLayout, Scales, ScalesMut, SiluMulQuant,
-    TokenGroupQuant, GROUP,
+    ExpertsWorkspace, Finalize, GroupedGemm, MoeResult, Prepare, ScaleLayout, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant,
 };
 
 use crate::device::{driver_err, Device};
-use crate::experts::{CountsMode, CudaExperts};
 use crate::launch::{Launcher, XIn, GEMM_BM};
+use crate::limits;
+use crate::memory::{alloc, bf16_bits, bf16_bits_mut, commit1, commit2, fetch, scale_words, scale_words_mut, sync, upload};
+use crate::stage::{self, Activations, Weights, Work};
 
 /// The CUDA backend: one GPU (an H100 or H200), one stream, kernels compiled on first use.
 ///
-/// Host-slice calls are serialized by an internal lock; each is synchronous.
+/// Host-slice calls are serialized by an internal lock; each is synchronous. Each writes its
+/// outputs only once the whole call has succeeded: on any error, input or device, the caller's
+/// buffers hold what they held before (the downloads are staged in host temporaries).
 #[derive(Debug)]
 pub struct CudaBackend {
     pub(crate) dev: Arc<Device>,
     pub(crate) stream: Arc<CudaStream>,
     lock: Mutex<()>,
-}
-
-/// Rejects dimensions the kernels cannot index with 32-bit integers (`E·T` rows, `K`, `N`...).
-pub(crate) fn int_dims(what: &'static str, dims: &[usize]) -> Result<(), ProblemError> {
-    for &d in dims {
-        if d > i32::MAX as usize {
-            return Err(ProblemError::Unsupported {
-                what: format!("moe-cuda: `{what}` dimension {d} exceeds 2^31 - 1"),
-            });
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn up<T: DeviceRepr>(stream: &Arc<CudaStream>, data: &[T], op: &'static str) -> Result<CudaSlice<T>, DeviceError> {
-    stream.clone_htod(data).map_err(driver_err(op))
-}
-
-pub(crate) fn alloc<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
-    stream: &Arc<CudaStream>,
-    n: usize,
-    op: &'static str,
-) -> Result<CudaSlice<T>, DeviceError> {
-    stream.alloc_zeros::<T>(n.max(1)).map_err(driver_err(op))
-}
-
-pub(crate) fn down<T: DeviceRepr>(
-    stream: &Arc<CudaStream>,
-    src: &CudaSlice<T>,
-    dst: &mut [T],
-    op: &'static str,
-) -> Result<(), DeviceError> {
-    assert_eq!(src.len(), dst.len(), "moe-cuda bug: download length");
-    stream.memcpy_dtoh(src, dst).map_err(driver_err(op))
-}
-
-pub(crate) fn sync(dev: &Device, stream: &Arc<CudaStream>, op: &'static str) -> Result<(), DeviceError> {
-    stream.synchronize().map_err(driver_err(op))?;
-    dev.ctx().check_err().map_err(driver_err(op))
-}
-
-pub(crate) fn bf16_bits(x: &[bf16]) -> &[u16] {
-    bytemuck::cast_slice(x)
-}
-
-pub(crate) fn bf16_bits_mut(x: &mut [bf16]) -> &mut [u16] {
-    bytemuck::cast_slice_mut(x)
-}
-
-/// Scales as raw 32-bit words (f32 bits or packed i32 words).
-pub(crate) fn scale_words<'a>(s: &Scales<'a>) -> &'a [u32] {
-    match s {
-        Scales::F32(v) => bytemuck::cast_slice(v),
-        Scales::Packed(v) => bytemuck::cast_slice(v),
-    }
-}
-
-pub(crate) fn scale_words_mut<'a>(s: &'a mut ScalesMut<'_>) -> &'a mut [u32] {
-    match s {
-        ScalesMut::F32(v) => bytemuck::cast_slice_mut(v),
-        ScalesMut::Packed(v) => bytemuck::cast_slice_mut(v),
-    }
 }
 
 enum XBuf {
@@ -101,8 +43,8 @@ enum XBuf {
 impl XBuf {
     fn upload(stream: &Arc<CudaStream>, x: &Activation<'_>, op: &'static str) -> Result<Self, DeviceError> {
         Ok(match x {
-            Activation::Bf16(v) => XBuf::Bf16(up(stream, bf16_bits(v), op)?),
-            Activation::F32(v) => XBuf::F32(up(stream, v, op)?),
+            Activation::Bf16(v) => XBuf::Bf16(upload(stream, bf16_bits(v), op)?),
+            Activation::F32(v) => XBuf::F32(upload(stream, v, op)?),
         })
     }
     fn as_in(&self) -> XIn<'_> {
@@ -136,7 +78,8 @@ impl CudaBackend {
         self.dev.name()
     }
 
-    /// Compiles and loads every kernel program now (otherwise each compiles at first use).
+    /// Compiles and loads every program of [`KernelId::ALL`](crate::KernelId::ALL) now
+    /// (otherwise each compiles at first use); the self-test program is not one of them.
     pub fn compile_all(&self) -> Result<(), DeviceError> {
         for id in crate::kernels::KernelId::ALL {
             self.dev.module(id)?;
@@ -173,15 +116,15 @@ impl CudaBackend {
         const OP: &str = "grouped gemm";
         p.check(a, &sa, b, sb, counts, d)?;
         let (e, t, n, k) = (p.experts(), p.capacity(), p.n(), p.k());
-        int_dims("a", &[e * t, n, k])?;
+        limits::grouped_gemm(e, t, n, k)?;
         let _g = self.guard();
         let s = &self.stream;
-        let a_d = up(s, a, OP)?;
-        let sa_d = up(s, scale_words(&sa), OP)?;
-        let b_d = up(s, b, OP)?;
-        let sb_d = up(s, sb, OP)?;
-        let c_d = up(s, counts, OP)?;
-        let mut d_d = up(s, bf16_bits(d), OP)?;
+        let a_d = upload(s, a, OP)?;
+        let sa_d = upload(s, scale_words(&sa), OP)?;
+        let b_d = upload(s, b, OP)?;
+        let sb_d = upload(s, sb, OP)?;
+        let c_d = upload(s, counts, OP)?;
+        let mut d_d = upload(s, bf16_bits(d), OP)?;
         let mut prefix = alloc::<i32>(s, e + 1, OP)?;
         let mut tiles = alloc::<i32>(s, e + 1, OP)?;
         let l = self.launcher();
@@ -198,13 +141,14 @@ impl CudaBackend {
             (e, t, n, k),
             chain,
         )?;
-        sync(&self.dev, s, OP)?;
-        down(s, &d_d, bf16_bits_mut(d), OP)?;
+        commit1(|| fetch(s, &d_d, OP), bf16_bits_mut(d), || sync(&self.dev, s, OP))?;
         Ok(())
     }
 
     /// `exp_f32` of the f32 inputs with bits `start..start + out.len()`, on the GPU, reusing
-    /// `scratch` (grown as needed). For the exhaustive self-test.
+    /// `scratch` (grown as needed). Test support for the exhaustive self-test: compiles and
+    /// launches the self-test program, which the backend itself never uses.
+    #[doc(hidden)]
     pub fn exp_f32_range(&self, start: u32, out: &mut [f32], scratch: &mut Option<CudaSlice<f32>>) -> MoeResult<()> {
         const OP: &str = "exp self-test";
         let _g = self.guard();
@@ -217,13 +161,13 @@ impl CudaBackend {
         }
         let buf = scratch.as_mut().expect("allocated above");
         self.launcher().exp_f32_range(start, n, buf)?;
-        sync(&self.dev, &self.stream, OP)?;
-        down(&self.stream, buf, out, OP)?;
+        commit1(|| fetch(&self.stream, buf, OP), out, || sync(&self.dev, &self.stream, OP))?;
         Ok(())
     }
 
     /// The E4M3 encoding (`cvt.rn.satfinite.e4m3x2.f32`) of the f32 inputs with bits
-    /// `start..start + out.len()`.
+    /// `start..start + out.len()`. Test support (the self-test program).
+    #[doc(hidden)]
     pub fn e4m3_range(&self, start: u32, out: &mut [u8]) -> MoeResult<()> {
         const OP: &str = "e4m3 self-test";
         let _g = self.guard();
@@ -232,20 +176,20 @@ impl CudaBackend {
         }
         let mut buf = alloc::<u8>(&self.stream, out.len(), OP)?;
         self.launcher().e4m3_range(start, out.len(), &mut buf)?;
-        sync(&self.dev, &self.stream, OP)?;
-        down(&self.stream, &buf, out, OP)?;
+        commit1(|| fetch(&self.stream, &buf, OP), out, || sync(&self.dev, &self.stream, OP))?;
         Ok(())
     }
 
-    /// The device's `vllm_ceil_pow2_bf16` of every 16-bit pattern, as bf16 bits.
+    /// The device's `vllm_ceil_pow2_bf16` of every 16-bit pattern, as bf16 bits. Test support
+    /// (the self-test program).
+    #[doc(hidden)]
     pub fn vllm_ceil_table(&self) -> MoeResult<Vec<u16>> {
         const OP: &str = "vllm ceil self-test";
         let _g = self.guard();
         let mut buf = alloc::<u16>(&self.stream, 65536, OP)?;
         self.launcher().vllm_ceil_table(&mut buf)?;
+        let out = fetch(&self.stream, &buf, OP)?;
         sync(&self.dev, &self.stream, OP)?;
-        let mut out = vec![0u16; 65536];
-        down(&self.stream, &buf, &mut out, OP)?;
         Ok(out)
     }
 }
@@ -259,7 +203,7 @@ impl Backend for CudaBackend {
         const OP: &str = "token-group quant";
         p.check(&x, q, &s)?;
         let (rows, k) = (p.rows(), p.k());
-        int_dims("x", &[rows, k])?;
+        limits::token_group_quant(rows, k)?;
         if rows == 0 {
             return Ok(());
         }
@@ -281,9 +225,7 @@ impl Backend for CudaBackend {
             p.scale_format(),
             p.layout() == ScaleLayout::MnMajor,
         )?;
-        sync(&self.dev, st, OP)?;
-        down(st, &q_d, q, OP)?;
-        down(st, &s_d, sw, OP)?;
+        commit2(|| fetch(st, &q_d, OP), q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
         Ok(())
     }
 
@@ -298,14 +240,14 @@ impl Backend for CudaBackend {
         const OP: &str = "batched token-group quant";
         p.check(&x, counts, q, &s)?;
         let (e, t, k) = (p.experts(), p.capacity(), p.k());
-        int_dims("x", &[e * t, k])?;
+        limits::batched_quant(e, t, k)?;
         let _g = self.guard();
         let st = &self.stream;
         let xb = XBuf::upload(st, &x, OP)?;
-        let c_d = up(st, counts, OP)?;
-        let mut q_d = up(st, q, OP)?;
+        let c_d = upload(st, counts, OP)?;
+        let mut q_d = upload(st, q, OP)?;
         let sw = scale_words_mut(&mut s);
-        let mut s_d = up(st, sw, OP)?;
+        let mut s_d = upload(st, sw, OP)?;
         let mut prefix = alloc::<i32>(st, e + 1, OP)?;
         let mut tiles = alloc::<i32>(st, e + 1, OP)?;
         let l = self.launcher();
@@ -321,9 +263,7 @@ impl Backend for CudaBackend {
             p.scale_format(),
             true,
         )?;
-        sync(&self.dev, st, OP)?;
-        down(st, &q_d, q, OP)?;
-        down(st, &s_d, sw, OP)?;
+        commit2(|| fetch(st, &q_d, OP), q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
         Ok(())
     }
 
@@ -331,16 +271,14 @@ impl Backend for CudaBackend {
         const OP: &str = "block quant";
         p.check(&w, q, s)?;
         let (e, r, c) = (p.experts(), p.rows(), p.cols());
-        int_dims("w", &[e, r, c, e * r.div_ceil(GROUP) * c.div_ceil(GROUP)])?;
+        limits::block_quant(e, r, c)?;
         let _g = self.guard();
         let st = &self.stream;
         let wb = XBuf::upload(st, &w, OP)?;
         let mut q_d = alloc::<u8>(st, q.len(), OP)?;
         let mut s_d = alloc::<f32>(st, s.len(), OP)?;
         self.launcher().block_quant(wb.as_in(), &mut q_d, &mut s_d, e, r, c, p.pow2())?;
-        sync(&self.dev, st, OP)?;
-        down(st, &q_d, q, OP)?;
-        down(st, &s_d, s, OP)?;
+        commit2(|| fetch(st, &q_d, OP), q, || fetch(st, &s_d, OP), s, || sync(&self.dev, st, OP))?;
         Ok(())
     }
 
@@ -348,22 +286,20 @@ impl Backend for CudaBackend {
         const OP: &str = "silu-mul-quant";
         p.check(y, counts, q, &s)?;
         let (e, t, h) = (p.experts(), p.capacity(), p.h());
-        int_dims("y", &[e * t, 2 * h])?;
+        limits::silu_mul_quant(e, t, h)?;
         let _g = self.guard();
         let st = &self.stream;
-        let y_d = up(st, bf16_bits(y), OP)?;
-        let c_d = up(st, counts, OP)?;
-        let mut q_d = up(st, q, OP)?;
+        let y_d = upload(st, bf16_bits(y), OP)?;
+        let c_d = upload(st, counts, OP)?;
+        let mut q_d = upload(st, q, OP)?;
         let sw = scale_words_mut(&mut s);
-        let mut s_d = up(st, sw, OP)?;
+        let mut s_d = upload(st, sw, OP)?;
         let mut prefix = alloc::<i32>(st, e + 1, OP)?;
         let mut tiles = alloc::<i32>(st, e + 1, OP)?;
         let l = self.launcher();
         l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
         l.silu_mul_quant(&y_d, &mut q_d, &mut s_d, (e, t, h), &prefix, p.scale_format(), p.numerics())?;
-        sync(&self.dev, st, OP)?;
-        down(st, &q_d, q, OP)?;
-        down(st, &s_d, sw, OP)?;
+        commit2(|| fetch(st, &q_d, OP), q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
         Ok(())
     }
 
@@ -393,7 +329,7 @@ impl Backend for CudaBackend {
         // Routing (validation, dedup, overflow) on the host, exactly as the reference does.
         let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
         let (m, e, t, k) = (p.tokens(), p.experts(), p.capacity(), p.k());
-        int_dims("a1q", &[e * t, k, m])?;
+        limits::prepare(m, k, e, t)?;
         let live: usize = routing.counts().iter().map(|&c| c as usize).sum();
         if live > 0 {
             // gather[e*T + r] = the token in row r of expert e; dead rows point at token 0 and
@@ -406,12 +342,12 @@ impl Backend for CudaBackend {
             }
             let _g = self.guard();
             let st = &self.stream;
-            let x_d = up(st, bf16_bits(x), OP)?;
-            let g_d = up(st, &gather, OP)?;
-            let c_d = up(st, routing.counts(), OP)?;
-            let mut q_d = up(st, a1q, OP)?;
+            let x_d = upload(st, bf16_bits(x), OP)?;
+            let g_d = upload(st, &gather, OP)?;
+            let c_d = upload(st, routing.counts(), OP)?;
+            let mut q_d = upload(st, a1q, OP)?;
             let sw = scale_words_mut(&mut a1s);
-            let mut s_d = up(st, sw, OP)?;
+            let mut s_d = upload(st, sw, OP)?;
             let mut prefix = alloc::<i32>(st, e + 1, OP)?;
             let mut tiles = alloc::<i32>(st, e + 1, OP)?;
             let l = self.launcher();
@@ -427,9 +363,7 @@ impl Backend for CudaBackend {
                 p.scale_format(),
                 true,
             )?;
-            sync(&self.dev, st, OP)?;
-            down(st, &q_d, a1q, OP)?;
-            down(st, &s_d, sw, OP)?;
+            commit2(|| fetch(st, &q_d, OP), a1q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
         }
         counts.copy_from_slice(routing.counts());
         Ok(())
@@ -439,21 +373,20 @@ impl Backend for CudaBackend {
         const OP: &str = "finalize";
         let routing = p.check(expert_out, topk_ids, topk_weights, out)?;
         let (m, k, topk, e, t) = (p.tokens(), p.k(), p.topk(), p.experts(), p.capacity());
-        int_dims("expert_out", &[e * t, k, topk])?;
+        limits::finalize(k, topk, e, t)?;
         if m == 0 {
             return Ok(());
         }
         let _g = self.guard();
         let st = &self.stream;
-        let eo_d = up(st, bf16_bits(expert_out), OP)?;
-        let ids_d = up(st, topk_ids, OP)?;
-        let rows_d = up(st, routing.rows(), OP)?;
-        let w_d = up(st, topk_weights, OP)?;
+        let eo_d = upload(st, bf16_bits(expert_out), OP)?;
+        let ids_d = upload(st, topk_ids, OP)?;
+        let rows_d = upload(st, routing.rows(), OP)?;
+        let w_d = upload(st, topk_weights, OP)?;
         let mut out_d = alloc::<u16>(st, out.len(), OP)?;
         self.launcher()
             .finalize(&eo_d, &ids_d, &rows_d, &w_d, &mut out_d, (m, k, topk, e, t))?;
-        sync(&self.dev, st, OP)?;
-        down(st, &out_d, bf16_bits_mut(out), OP)?;
+        commit1(|| fetch(st, &out_d, OP), bf16_bits_mut(out), || sync(&self.dev, st, OP))?;
         Ok(())
     }
 }
@@ -467,27 +400,40 @@ impl BatchedExperts for CudaBackend {
         }
     }
 
-    /// Runs the three stages device-resident (one upload, one download), through
-    /// [`CudaExperts`], and copies the intermediates into `ws`.
+    /// Runs the three stages device-resident (one upload, one download) through the same
+    /// stage code as [`CudaExperts`](crate::CudaExperts), and copies the intermediates into
+    /// `ws`.
+    ///
+    /// A `ws` of the wrong shapes is replaced by one of the right shapes (like the CPU's);
+    /// this is decided from the shapes, without allocating. `ws` and `out` are written only
+    /// once every download succeeded: on any error both are left as they were.
     fn apply(&self, p: &Experts, inputs: ExpertsInputs<'_>, ws: &mut ExpertsWorkspace, out: &mut [bf16]) -> MoeResult<()> {
+        const OP: &str = "experts";
         p.check(inputs.a1q, &inputs.a1s, &inputs.w1, &inputs.w2, inputs.counts, out)?;
-        let fresh = ExpertsWorkspace::new(p);
-        if ws.h1.len() != fresh.h1.len()
-            || ws.q2.len() != fresh.q2.len()
-            || ws.s2.len() != fresh.s2.len()
-            || ws.s2.view().is_packed() != fresh.s2.view().is_packed()
-        {
-            *ws = fresh;
-        }
+        stage::check_dims(p)?;
+        let ws_fits = stage::check_workspace(p, ws).is_ok();
         let _g = self.guard();
-        let mut ex = CudaExperts::with_stream(self.dev.clone(), self.stream.clone(), *p)?;
-        ex.upload_inputs(&inputs)?;
-        ex.upload_workspace(ws)?;
-        ex.upload_output(out)?;
-        ex.apply_on_stream(CountsMode::Checked)?;
-        ex.synchronize()?;
-        ex.download_workspace(ws)?;
-        ex.download_output(out)?;
+        let s = &self.stream;
+        let mut weights = Weights::alloc(s, p)?;
+        weights.upload(s, p, &inputs.w1, &inputs.w2)?;
+        let mut acts = Activations::alloc(s, p)?;
+        acts.upload(s, p, inputs.a1q, &inputs.a1s, inputs.counts)?;
+        let mut work = Work::alloc(s, p)?;
+        if ws_fits {
+            // Otherwise the intermediates start as the zeros of a fresh workspace.
+            work.upload_workspace(s, p, ws)?;
+        }
+        work.upload_output(s, p, out)?;
+        stage::enqueue(&self.launcher(), p, &weights, &acts, &mut work)?;
+        sync(&self.dev, s, OP)?;
+        let host_ws = work.fetch_workspace(s)?;
+        let host_out = work.fetch_output(s)?;
+        sync(&self.dev, s, OP)?;
+        if !ws_fits {
+            *ws = ExpertsWorkspace::new(p);
+        }
+        host_ws.copy_into(ws);
+        out.copy_from_slice(&host_out);
         Ok(())
     }
 }

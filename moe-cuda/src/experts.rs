@@ -1,22 +1,30 @@
-//! [`CudaExperts`]: the batched experts stage with device-resident buffers, an enqueue-only
-//! `apply_on_stream`, and a CUDA-graph path.
+//! [`CudaExperts`]: the batched experts stage with device-resident buffers, weights uploaded
+//! once, activations per step, an enqueue-only `apply_on_stream`, and a CUDA-graph path.
 //!
 //! The stage is four launches on the object's own (non-default) stream: the counts prefix,
-//! GEMM1, SiLU-mul-quant, GEMM2. Every launch has a grid fixed by the shape and reads `counts`
-//! on the device (clamped into `[0, T]`), and nothing in `apply_on_stream` allocates,
-//! synchronizes or copies in [`CountsMode::Unchecked`], so the sequence can be captured once
-//! and replayed with different device counts.
+//! GEMM1, SiLU-mul-quant, GEMM2 (the shared `stage` module). Every launch has a grid fixed by
+//! the shape and reads `counts` on the device (clamped into `[0, T]`), and nothing in
+//! `apply_on_stream` allocates, synchronizes or copies in [`CountsMode::Unchecked`], so the
+//! sequence can be captured once and replayed with different device counts, activations or
+//! weights (uploads go into the same buffers).
+//!
+//! This module depends on the backend (to be built from one), never the reverse.
 
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice, CudaStream};
+use cudarc::driver::{CudaGraph, CudaStream};
 use half::bf16;
-use moe_core::{check_counts, check_len, DeviceError, Experts, ExpertsInputs, ExpertsWorkspace, MoeResult, ScaleBuf, GROUP};
+use moe_core::{
+    check_counts, check_len, DeviceError, Experts, ExpertsInputs, ExpertsWorkspace, MoeResult, ProblemError, Scales, WeightsRef,
+};
 
-use crate::backend::{alloc, bf16_bits, bf16_bits_mut, down, int_dims, scale_words, sync, CudaBackend};
+use crate::backend::CudaBackend;
 use crate::device::{driver_err, Device};
-use crate::launch::{Launcher, GEMM_BM};
+use crate::kernels::KernelId;
+use crate::launch::Launcher;
+use crate::memory::{fetch, sync};
+use crate::stage::{self, Activations, Weights, Work};
 
 /// How `apply_on_stream` treats the device-resident `counts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +39,17 @@ pub enum CountsMode {
 
 /// The experts stage with its buffers on the device.
 ///
+/// Typical use: [`CudaBackend::experts`] (or [`CudaExperts::new`]), [`upload_weights`] once,
+/// then per step either [`step`] (host activations in, host output back), or
+/// [`upload_activations`] + [`apply_on_stream`] / [`replay_graph`] + [`download_output`].
+///
+/// [`upload_weights`]: CudaExperts::upload_weights
+/// [`step`]: CudaExperts::step
+/// [`upload_activations`]: CudaExperts::upload_activations
+/// [`apply_on_stream`]: CudaExperts::apply_on_stream
+/// [`replay_graph`]: CudaExperts::replay_graph
+/// [`download_output`]: CudaExperts::download_output
+///
 /// Field order matters: the graph is dropped before the buffers it references.
 #[derive(Debug)]
 pub struct CudaExperts {
@@ -38,19 +57,10 @@ pub struct CudaExperts {
     p: Experts,
     dev: Arc<Device>,
     stream: Arc<CudaStream>,
-    a1q: CudaSlice<u8>,
-    a1s: CudaSlice<u32>,
-    w1: CudaSlice<u8>,
-    w1s: CudaSlice<f32>,
-    w2: CudaSlice<u8>,
-    w2s: CudaSlice<f32>,
-    counts: CudaSlice<i32>,
-    h1: CudaSlice<u16>,
-    q2: CudaSlice<u8>,
-    s2: CudaSlice<u32>,
-    out: CudaSlice<u16>,
-    prefix: CudaSlice<i32>,
-    tile_prefix: CudaSlice<i32>,
+    weights: Weights,
+    has_weights: bool,
+    acts: Activations,
+    work: Work,
 }
 
 struct GraphHolder(CudaGraph);
@@ -63,45 +73,30 @@ impl std::fmt::Debug for GraphHolder {
 
 const OP: &str = "experts";
 
-impl CudaExperts {
-    /// Zero-initialized device buffers for `p` on a new stream of `backend`'s GPU.
-    pub fn new(backend: &CudaBackend, p: Experts) -> MoeResult<Self> {
-        let stream = backend.dev.ctx().new_stream().map_err(driver_err("stream creation"))?;
-        Self::with_stream(backend.dev.clone(), stream, p)
+impl CudaBackend {
+    /// The experts stage for `p` on this backend's GPU, on a new stream; same as
+    /// [`CudaExperts::new`].
+    pub fn experts(&self, p: Experts) -> MoeResult<CudaExperts> {
+        CudaExperts::new(self, p)
     }
+}
 
-    pub(crate) fn with_stream(dev: Arc<Device>, stream: Arc<CudaStream>, p: Experts) -> MoeResult<Self> {
-        let (e, t, k, i) = (p.experts(), p.capacity(), p.k(), p.i());
-        int_dims("a1q", &[e * t, k, 2 * i])?;
-        let s = &stream;
-        let a1s_len: usize = p.a1s_shape().iter().product();
-        let s2_len: usize = p.silu().scale_shape().iter().product();
-        let w1s_len: usize = p.gemm1().sb_shape().iter().product();
-        let w2s_len: usize = p.gemm2().sb_shape().iter().product();
-        // Compile and load every program the stage needs now: nothing may compile inside a
-        // graph capture.
-        for id in [
-            crate::kernels::KernelId::Counts,
-            crate::kernels::KernelId::Gemm,
-            crate::kernels::KernelId::Silu,
-        ] {
+impl CudaExperts {
+    /// Zero-initialized device buffers for `p` on a new stream of `backend`'s GPU. Compiles the
+    /// stage's kernels now (nothing may compile inside a graph capture).
+    pub fn new(backend: &CudaBackend, p: Experts) -> MoeResult<Self> {
+        stage::check_dims(&p)?;
+        let dev = backend.dev.clone();
+        let stream = dev.ctx().new_stream().map_err(driver_err("stream creation"))?;
+        for id in [KernelId::Counts, KernelId::Gemm, KernelId::Silu] {
             dev.module(id)?;
         }
         Ok(Self {
             graph: None,
-            a1q: alloc(s, e * t * k, OP)?,
-            a1s: alloc(s, a1s_len, OP)?,
-            w1: alloc(s, e * 2 * i * k, OP)?,
-            w1s: alloc(s, w1s_len, OP)?,
-            w2: alloc(s, e * k * i, OP)?,
-            w2s: alloc(s, w2s_len, OP)?,
-            counts: alloc(s, e, OP)?,
-            h1: alloc(s, e * t * 2 * i, OP)?,
-            q2: alloc(s, e * t * i, OP)?,
-            s2: alloc(s, s2_len, OP)?,
-            out: alloc(s, e * t * k, OP)?,
-            prefix: alloc(s, e + 1, OP)?,
-            tile_prefix: alloc(s, e + 1, OP)?,
+            weights: Weights::alloc(&stream, &p)?,
+            has_weights: false,
+            acts: Activations::alloc(&stream, &p)?,
+            work: Work::alloc(&stream, &p)?,
             p,
             dev,
             stream,
@@ -118,117 +113,88 @@ impl CudaExperts {
         &self.stream
     }
 
-    fn htod<T: cudarc::driver::DeviceRepr>(stream: &Arc<CudaStream>, src: &[T], dst: &mut CudaSlice<T>) -> Result<(), DeviceError> {
-        assert_eq!(src.len(), dst.len(), "moe-cuda bug: upload length");
-        stream.memcpy_htod(src, dst).map_err(driver_err(OP))
+    /// Uploads `w1 (E, 2I, K)` and `w2 (E, K, I)` with their scales, validated like
+    /// `Experts::check`. They stay resident for every later step (and graph replay) until the
+    /// next call.
+    pub fn upload_weights(&mut self, w1: WeightsRef<'_>, w2: WeightsRef<'_>) -> MoeResult<()> {
+        self.weights.upload(&self.stream, &self.p, &w1, &w2)?;
+        self.has_weights = true;
+        Ok(())
     }
 
-    /// Uploads all inputs, validated exactly like the CPU's `Experts::check` (the `out` check
-    /// aside).
+    /// Whether [`Self::upload_weights`] has succeeded (before it, the weights are zeros).
+    pub fn has_weights(&self) -> bool {
+        self.has_weights
+    }
+
+    /// Uploads one step's activations `a1q (E, T, K)`, their scales and `counts`, validated
+    /// like `Experts::check` (counts included: use [`Self::set_counts`] for unchecked values).
+    pub fn upload_activations(&mut self, a1q: &[u8], a1s: Scales<'_>, counts: &[i32]) -> MoeResult<()> {
+        self.acts.upload(&self.stream, &self.p, a1q, &a1s, counts)
+    }
+
+    /// Uploads weights and activations: [`Self::upload_weights`] then
+    /// [`Self::upload_activations`].
     pub fn upload_inputs(&mut self, inputs: &ExpertsInputs<'_>) -> MoeResult<()> {
-        let out_len = self.out.len();
-        // Validate with a zero-length-free stand-in for `out` of the right length.
-        let fake_out = vec![bf16::ZERO; out_len];
-        self.p
-            .check(inputs.a1q, &inputs.a1s, &inputs.w1, &inputs.w2, inputs.counts, &fake_out)?;
-        let s = &self.stream;
-        Self::htod(s, inputs.a1q, &mut self.a1q)?;
-        Self::htod(s, scale_words(&inputs.a1s), &mut self.a1s)?;
-        Self::htod(s, inputs.w1.q, &mut self.w1)?;
-        Self::htod(s, inputs.w1.s, &mut self.w1s)?;
-        Self::htod(s, inputs.w2.q, &mut self.w2)?;
-        Self::htod(s, inputs.w2.s, &mut self.w2s)?;
-        Self::htod(s, inputs.counts, &mut self.counts)?;
-        Ok(())
+        self.upload_weights(inputs.w1, inputs.w2)?;
+        self.upload_activations(inputs.a1q, inputs.a1s, inputs.counts)
     }
 
     /// Overwrites the device counts with any `E` values (not range-checked: the device-resident
     /// mode clamps, the checked mode reports).
     pub fn set_counts(&mut self, counts: &[i32]) -> MoeResult<()> {
-        check_len("counts", counts.len(), &[self.p.experts()])?;
-        Self::htod(&self.stream, counts, &mut self.counts)?;
-        Ok(())
+        self.acts.set_counts(&self.stream, &self.p, counts)
     }
 
     /// Uploads the caller's output buffer (rows past `counts` keep these values).
     pub fn upload_output(&mut self, out: &[bf16]) -> MoeResult<()> {
-        check_len("out", out.len(), &self.p.workspace_shapes().output)?;
-        Self::htod(&self.stream, bf16_bits(out), &mut self.out)?;
-        Ok(())
+        self.work.upload_output(&self.stream, &self.p, out)
     }
 
     /// Uploads the intermediates (so that their rows past `counts` round-trip unchanged).
     pub fn upload_workspace(&mut self, ws: &ExpertsWorkspace) -> MoeResult<()> {
-        self.check_ws(ws)?;
-        Self::htod(&self.stream, bf16_bits(&ws.h1), &mut self.h1)?;
-        Self::htod(&self.stream, &ws.q2, &mut self.q2)?;
-        Self::htod(&self.stream, scale_words(&ws.s2.view()), &mut self.s2)?;
-        Ok(())
+        self.work.upload_workspace(&self.stream, &self.p, ws)
     }
 
-    fn check_ws(&self, ws: &ExpertsWorkspace) -> MoeResult<()> {
-        let (e, t, i) = (self.p.experts(), self.p.capacity(), self.p.i());
-        check_len("h1", ws.h1.len(), &[e, t, 2 * i])?;
-        check_len("q2", ws.q2.len(), &[e, t, i])?;
-        let sh = self.p.silu().scale_shape();
-        ws.s2.view().check("s2", self.p.scale_format(), sh.iter().product(), &sh)?;
-        Ok(())
+    /// One step on the resident weights: uploads the activations and `out` (whose rows past
+    /// `counts` come back unchanged), runs the stage and downloads the output into `out`.
+    ///
+    /// Every input is validated before anything is uploaded. `out` is written only when the
+    /// whole step succeeded (the download is staged in a host buffer first). Calling it before
+    /// [`Self::upload_weights`] is an error.
+    pub fn step(&mut self, a1q: &[u8], a1s: Scales<'_>, counts: &[i32], out: &mut [bf16]) -> MoeResult<()> {
+        if !self.has_weights {
+            return Err(ProblemError::Unsupported {
+                what: "CudaExperts::step before upload_weights".into(),
+            }
+            .into());
+        }
+        check_len("out", out.len(), &self.p.workspace_shapes().output)?;
+        self.upload_activations(a1q, a1s, counts)?;
+        self.upload_output(out)?;
+        // The counts were validated on the host just now.
+        self.apply_on_stream(CountsMode::Unchecked)?;
+        self.download_output(out)
     }
 
     /// Enqueues the stage on [`Self::stream`]. In `Checked` mode the counts are first copied
     /// back and validated (a synchronization; not capturable).
     pub fn apply_on_stream(&mut self, mode: CountsMode) -> MoeResult<()> {
-        let (e, t, k, i) = (self.p.experts(), self.p.capacity(), self.p.k(), self.p.i());
         if mode == CountsMode::Checked {
-            let mut host = vec![0i32; e];
-            down(&self.stream, &self.counts, &mut host, OP)?;
-            check_counts(&host, e, t)?;
+            let host = fetch(&self.stream, &self.acts.counts, OP)?;
+            check_counts(&host[..self.p.experts()], self.p.experts(), self.p.capacity())?;
         }
         let l = Launcher {
             dev: &self.dev,
             stream: &self.stream,
         };
-        let fmt = self.p.scale_format();
-        l.counts_prefix(&self.counts, e, t, GEMM_BM, &mut self.prefix, &mut self.tile_prefix)?;
-        l.grouped_gemm(
-            &self.a1q,
-            &self.a1s,
-            fmt,
-            &self.w1,
-            &self.w1s,
-            &mut self.h1,
-            &self.counts,
-            &self.tile_prefix,
-            (e, t, 2 * i, k),
-            true,
-        )?;
-        l.silu_mul_quant(
-            &self.h1,
-            &mut self.q2,
-            &mut self.s2,
-            (e, t, i),
-            &self.prefix,
-            fmt,
-            self.p.numerics(),
-        )?;
-        l.grouped_gemm(
-            &self.q2,
-            &self.s2,
-            fmt,
-            &self.w2,
-            &self.w2s,
-            &mut self.out,
-            &self.counts,
-            &self.tile_prefix,
-            (e, t, k, i),
-            true,
-        )?;
-        debug_assert!(k % GROUP == 0);
+        stage::enqueue(&l, &self.p, &self.weights, &self.acts, &mut self.work)?;
         Ok(())
     }
 
     /// Captures `apply_on_stream(Unchecked)` into a CUDA graph held by this object (replacing
-    /// any earlier one). Replays read whatever `counts` the device holds then.
+    /// any earlier one). Replays read whatever weights, activations and `counts` the device
+    /// holds then.
     pub fn capture_graph(&mut self) -> MoeResult<()> {
         self.graph = None;
         sync(&self.dev, &self.stream, OP)?;
@@ -268,24 +234,25 @@ impl CudaExperts {
         Ok(())
     }
 
-    /// Copies the output `(E, T, K)` back (synchronizes first).
+    /// Copies the output `(E, T, K)` back (synchronizes first). `out` is written only if the
+    /// download and the synchronization succeeded.
     pub fn download_output(&self, out: &mut [bf16]) -> MoeResult<()> {
         check_len("out", out.len(), &self.p.workspace_shapes().output)?;
         self.synchronize()?;
-        down(&self.stream, &self.out, bf16_bits_mut(out), OP)?;
+        let host = self.work.fetch_output(&self.stream)?;
+        self.synchronize()?;
+        out.copy_from_slice(&host);
         Ok(())
     }
 
-    /// Copies the intermediates back into `ws` (synchronizes first).
+    /// Copies the intermediates back into `ws` (synchronizes first). Either all three of
+    /// `h1`, `q2`, `s2` are written or, on any error, none is.
     pub fn download_workspace(&self, ws: &mut ExpertsWorkspace) -> MoeResult<()> {
-        self.check_ws(ws)?;
+        stage::check_workspace(&self.p, ws)?;
         self.synchronize()?;
-        down(&self.stream, &self.h1, bf16_bits_mut(&mut ws.h1), OP)?;
-        down(&self.stream, &self.q2, &mut ws.q2, OP)?;
-        match &mut ws.s2 {
-            ScaleBuf::F32(v) => down(&self.stream, &self.s2, bytemuck::cast_slice_mut(v), OP)?,
-            ScaleBuf::Packed(v) => down(&self.stream, &self.s2, bytemuck::cast_slice_mut(v), OP)?,
-        }
+        let host = self.work.fetch_workspace(&self.stream)?;
+        self.synchronize()?;
+        host.copy_into(ws);
         Ok(())
     }
 }

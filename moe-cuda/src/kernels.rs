@@ -1,9 +1,13 @@
-//! The CUDA kernel sources, indexed by [`KernelId`].
+//! The CUDA kernel sources, indexed by [`KernelId`], and the headers they include.
 //!
-//! Each `.cu` file under `moe-cuda/kernels/` is one NVRTC program; `common.cuh` (the device
-//! translations of moe-core's formats, `exp_f32` and `vllm_ceil_pow2_bf16`) is prepended to each
-//! at build time with `concat!`, so NVRTC needs no include path and no toolkit header. The
-//! sources are plain data and are available without the `cuda` feature.
+//! Each `.cu` file under `moe-cuda/kernels/` is one NVRTC program and starts with
+//! `#include "common.cuh"`. The headers ([`HEADERS`]: `common.cuh`, the device translations of
+//! moe-core's formats, `exp_f32` and `vllm_ceil_pow2_bf16`, and `codes.cuh`, the enum codes
+//! shared with the host) are embedded at build time and handed to NVRTC as named headers
+//! (`nvrtcCreateProgram`'s `headers`/`includeNames`), so NVRTC needs no include path and no
+//! toolkit header. The sources are plain data and are available without the `cuda` feature.
+
+use moe_core::{Numerics, ScaleFormat};
 
 /// One NVRTC program (a `.cu` file) and the entry points it defines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,33 +23,34 @@ pub enum KernelId {
     /// `finalize.cu`: router-weighted combine.
     Finalize,
     /// `selftest.cu`: device helpers over whole input ranges (exp, vLLM ceil scale, E4M3 encode).
+    ///
+    /// Test support: not in [`KernelId::ALL`] (so not compiled by the backend's `compile_all`);
+    /// only the hidden self-test entry points of the backend compile and launch it.
     Selftest,
 }
 
-macro_rules! source {
-    ($file:literal) => {
-        concat!(
-            include_str!("../kernels/common.cuh"),
-            "\n#line 1 \"",
-            $file,
-            "\"\n",
-            include_str!(concat!("../kernels/", $file))
-        )
-    };
-}
+/// `kernels/codes.cuh`: the codes of [`fmt_code`] and [`numerics_code`] as C macros.
+pub const CODES_HEADER: &str = include_str!("../kernels/codes.cuh");
+
+/// Every header a kernel may `#include`, as `(include name, source)`: NVRTC resolves
+/// `#include "name"` against this list only.
+pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../kernels/common.cuh")), ("codes.cuh", CODES_HEADER)];
 
 impl KernelId {
-    /// Every program, in a fixed order.
-    pub const ALL: [KernelId; 6] = [
+    /// Every program of the backend, in a fixed order (the self-test program is not one).
+    pub const ALL: [KernelId; 5] = [
         KernelId::Counts,
         KernelId::Quant,
         KernelId::Silu,
         KernelId::Gemm,
         KernelId::Finalize,
-        KernelId::Selftest,
     ];
 
-    /// The file name under `moe-cuda/kernels/`.
+    /// The programs only tests compile: [`KernelId::Selftest`].
+    #[doc(hidden)]
+    pub const TEST_SUPPORT: [KernelId; 1] = [KernelId::Selftest];
+
+    /// The file name under `moe-cuda/kernels/` (also the NVRTC program name).
     pub fn file(self) -> &'static str {
         match self {
             KernelId::Counts => "counts.cu",
@@ -57,15 +62,15 @@ impl KernelId {
         }
     }
 
-    /// The full NVRTC source (`common.cuh` followed by the file).
+    /// The program's own source; it `#include`s headers of [`HEADERS`].
     pub fn source(self) -> &'static str {
         match self {
-            KernelId::Counts => source!("counts.cu"),
-            KernelId::Quant => source!("quant.cu"),
-            KernelId::Silu => source!("silu.cu"),
-            KernelId::Gemm => source!("gemm.cu"),
-            KernelId::Finalize => source!("finalize.cu"),
-            KernelId::Selftest => source!("selftest.cu"),
+            KernelId::Counts => include_str!("../kernels/counts.cu"),
+            KernelId::Quant => include_str!("../kernels/quant.cu"),
+            KernelId::Silu => include_str!("../kernels/silu.cu"),
+            KernelId::Gemm => include_str!("../kernels/gemm.cu"),
+            KernelId::Finalize => include_str!("../kernels/finalize.cu"),
+            KernelId::Selftest => include_str!("../kernels/selftest.cu"),
         }
     }
 
@@ -79,6 +84,24 @@ impl KernelId {
             KernelId::Finalize => &["moe_finalize"],
             KernelId::Selftest => &["moe_exp_f32_range", "moe_vllm_ceil_table", "moe_e4m3_range"],
         }
+    }
+}
+
+/// The `int` code the kernels take for a scale format (`MOE_FMT_*` in `kernels/codes.cuh`; a
+/// test checks that both sides agree).
+pub fn fmt_code(fmt: ScaleFormat) -> i32 {
+    match fmt {
+        ScaleFormat::F32 => 0,
+        ScaleFormat::F32CeilUe8m0 => 1,
+        ScaleFormat::Ue8m0Packed => 2,
+    }
+}
+
+/// The `int` code the kernels take for a numerics (`MOE_NUMERICS_*` in `kernels/codes.cuh`).
+pub fn numerics_code(numerics: Numerics) -> i32 {
+    match numerics {
+        Numerics::VllmBf16 => 0,
+        Numerics::F32 => 1,
     }
 }
 
@@ -97,18 +120,113 @@ pub const NVRTC_OPTIONS: &[&str] = &[
 mod tests {
     use super::*;
 
+    fn every_program() -> impl Iterator<Item = KernelId> {
+        KernelId::ALL.into_iter().chain(KernelId::TEST_SUPPORT)
+    }
+
+    /// The quoted names of a source's `#include "..."` lines.
+    fn includes(src: &str) -> Vec<&str> {
+        src.lines()
+            .filter_map(|l| l.trim().strip_prefix("#include"))
+            .map(|rest| rest.trim().trim_matches('"'))
+            .collect()
+    }
+
+    #[test]
+    fn every_program_includes_common_and_every_include_is_a_known_header() {
+        for id in every_program() {
+            assert!(includes(id.source()).contains(&"common.cuh"), "{id:?} does not include common.cuh");
+        }
+        let sources = every_program().map(|id| (id.file(), id.source())).chain(HEADERS.iter().copied());
+        for (file, src) in sources {
+            for inc in includes(src) {
+                assert!(
+                    HEADERS.iter().any(|(n, _)| *n == inc),
+                    "{file}: #include \"{inc}\" is not in HEADERS"
+                );
+            }
+        }
+        assert!(HEADERS.iter().any(|(_, s)| s.contains("__device__ __forceinline__ float exp_f32")));
+    }
+
+    #[test]
+    fn the_self_test_program_is_not_a_backend_program() {
+        assert!(!KernelId::ALL.contains(&KernelId::Selftest));
+        assert_eq!(every_program().count(), 6);
+    }
+
     #[test]
     fn every_entry_point_is_defined_in_its_source() {
-        for id in KernelId::ALL {
-            assert!(
-                id.source().contains("__device__ __forceinline__ float exp_f32"),
-                "{id:?} lacks common.cuh"
-            );
+        for id in every_program() {
             for name in id.entry_points() {
                 assert!(
                     id.source().contains(&format!("void {name}(")) || id.source().contains(&format!(" {name}(")),
                     "{id:?}: {name}"
                 );
+            }
+        }
+    }
+
+    /// The `#define NAME VALUE` lines of a header.
+    fn defines(src: &str) -> Vec<(String, i32)> {
+        src.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("#define")).then_some(())?;
+                let name = w.next()?.to_string();
+                let value = w.next()?.parse().ok()?;
+                Some((name, value))
+            })
+            .collect()
+    }
+
+    fn fmt_macro(fmt: ScaleFormat) -> &'static str {
+        match fmt {
+            ScaleFormat::F32 => "MOE_FMT_F32",
+            ScaleFormat::F32CeilUe8m0 => "MOE_FMT_F32_CEIL_UE8M0",
+            ScaleFormat::Ue8m0Packed => "MOE_FMT_UE8M0_PACKED",
+        }
+    }
+
+    fn numerics_macro(n: Numerics) -> &'static str {
+        match n {
+            Numerics::VllmBf16 => "MOE_NUMERICS_VLLM_BF16",
+            Numerics::F32 => "MOE_NUMERICS_F32",
+        }
+    }
+
+    #[test]
+    fn header_codes_equal_the_rust_mapping() {
+        let defs = defines(CODES_HEADER);
+        let get = |name: &str| defs.iter().find(|(n, _)| n == name).map(|&(_, v)| v);
+        for fmt in ScaleFormat::ALL {
+            assert_eq!(get(fmt_macro(fmt)), Some(fmt_code(fmt)), "{fmt:?}");
+        }
+        for n in Numerics::ALL {
+            assert_eq!(get(numerics_macro(n)), Some(numerics_code(n)), "{n:?}");
+        }
+        // No code the Rust side does not know.
+        let fmts = defs.iter().filter(|(n, _)| n.starts_with("MOE_FMT_")).count();
+        let nums = defs.iter().filter(|(n, _)| n.starts_with("MOE_NUMERICS_")).count();
+        assert_eq!((fmts, nums), (ScaleFormat::ALL.len(), Numerics::ALL.len()));
+    }
+
+    #[test]
+    fn kernels_compare_codes_by_name_not_by_number() {
+        for id in every_program() {
+            let src = id.source();
+            for var in ["fmt", "numerics"] {
+                for op in ["==", "!="] {
+                    let pat = format!("{var} {op} ");
+                    for (i, _) in src.match_indices(&pat) {
+                        let next = src[i + pat.len()..].chars().next();
+                        assert!(
+                            !next.is_some_and(|c| c.is_ascii_digit()),
+                            "{}: `{pat}` followed by a number; use the MOE_* codes of codes.cuh",
+                            id.file()
+                        );
+                    }
+                }
             }
         }
     }

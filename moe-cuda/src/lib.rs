@@ -10,19 +10,28 @@
 //! rejected with the CPU's error before any allocation or launch; a missing driver or GPU is
 //! `DeviceError::NoDevice`, never a panic. Device-resident `counts` are clamped into `[0, T]` by
 //! every kernel, so nothing is read or written out of bounds whatever they hold.
-//! `CudaExperts` keeps the experts stage's buffers on the device, enqueues it without host
-//! synchronization and captures it in a CUDA graph.
+//! Every host-slice call writes its outputs only once the whole call succeeded (downloads are
+//! staged in host temporaries), and rejects dimensions its 32-bit kernel indices cannot reach
+//! with a `ProblemError` naming the tensor and dimension. `CudaExperts` keeps the experts
+//! stage's buffers on the device, with the weights uploaded once and the activations per
+//! step, enqueues it without host synchronization and captures it in a CUDA graph.
 //!
 //! What it trusts: moe-core's validated problem types, the CUDA driver, and NVRTC (CUDA 13),
 //! loaded at run time (cudarc's dynamic loading), so the crate builds without a toolkit.
 //!
-//! Layout: kernels are `.cu` files under `kernels/`, compiled by NVRTC at first use with
-//! `--fmad=false --prec-div=true --ftz=false` for `sm_90a` and cached per context
-//! ([`KernelId`] indexes them); all launches live in one private module (`launch`); this is the
-//! only crate of the workspace with `unsafe`, each block with a `// SAFETY:` proof.
+//! Layout: kernels are `.cu` files under `kernels/` that `#include "common.cuh"` (handed to
+//! NVRTC as named headers with `codes.cuh`, whose enum codes a test ties to [`kernels::fmt_code`]
+//! and [`kernels::numerics_code`]), compiled by NVRTC at first use with
+//! `--fmad=false --prec-div=true --ftz=false` for `sm_90a` and cached per context ([`KernelId`]
+//! indexes them). Private modules: `memory` (uploads, staged downloads, casts), `launch` (every
+//! launch, through one `cuLaunchKernelEx` helper), `limits` (the dimensions the kernels index),
+//! `stage` (the experts stage's buffers and launches, used by `CudaBackend::apply` and
+//! `CudaExperts`; `experts` depends on `backend`, never the reverse). This is the only crate of
+//! the workspace with `unsafe`, each block with a `// SAFETY:` proof.
 //!
 //! Without the `cuda` feature the crate holds only the kernel sources ([`KernelId`]).
 #![cfg_attr(not(feature = "cuda"), forbid(unsafe_code))]
+#![warn(missing_docs)]
 
 pub mod kernels;
 
@@ -38,6 +47,12 @@ mod device;
 mod experts;
 #[cfg(feature = "cuda")]
 mod launch;
+#[cfg(feature = "cuda")]
+mod limits;
+#[cfg(feature = "cuda")]
+mod memory;
+#[cfg(feature = "cuda")]
+mod stage;
 
 #[cfg(feature = "cuda")]
 pub use backend::CudaBackend;

@@ -1,5 +1,8 @@
 //! The grouped GEMM within the SPEC §5.3 bound (and the measured constant `c`), the experts
-//! stage stage by stage, CUDA-graph capture and replay, and device counts out of range.
+//! stage stage by stage, resident weights over many steps, CUDA-graph capture and replay,
+//! device counts out of range, and the bandwidth kernels on many-expert shapes larger than
+//! the ones moe-testing's mounted suites draw (those suites cover every operation, format and
+//! bad input on small shapes).
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -7,8 +10,8 @@ mod common;
 use common::*;
 use moe_core::scale::pack_ue8m0;
 use moe_core::{
-    bf16, check_counts, Backend, BatchedExperts, Experts, ExpertsInputs, ExpertsWorkspace, GroupedGemm, MoeError, Numerics, ScaleBuf,
-    ScaleFormat, ScaleLayout, WeightsRef, GROUP,
+    bf16, check_counts, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize,
+    GroupedGemm, MoeError, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout, SiluMulQuant, WeightsRef, GROUP,
 };
 use moe_cuda::{CountsMode, CudaExperts};
 use moe_ref_cpu::NaiveCpu;
@@ -279,8 +282,9 @@ fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
         w2: WeightsRef { q: &w2, s: &w2s },
         counts: &cnt0,
     };
-    let mut ex = CudaExperts::new(gpu, p).unwrap();
-    ex.upload_inputs(&inputs).unwrap();
+    let mut ex = gpu.experts(p).unwrap();
+    ex.upload_weights(inputs.w1, inputs.w2).unwrap();
+    ex.upload_activations(&a1q, a1s.view(), &cnt0).unwrap();
     ex.capture_graph().unwrap();
     assert!(ex.has_graph());
     let out0 = vec![bf16::from_bits(0x7F81); e * t * k];
@@ -356,6 +360,65 @@ fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
 }
 
 #[test]
+fn resident_weights_serve_many_steps_with_new_activations() {
+    let Some(gpu) = gpu("resident_weights") else { return };
+    let mut rng = Rng::new(14);
+    let (e, t, k, i) = if small() { (2, 20, 256, 128) } else { (4, 50, 512, 256) };
+    let p = Experts::new(e, t, k, i, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
+    let (_, _, w1, w1s, w2, w2s) = random_experts(&mut rng, &p);
+    let (w1r, w2r) = (WeightsRef { q: &w1, s: &w1s }, WeightsRef { q: &w2, s: &w2s });
+    let mut ex = CudaExperts::new(gpu, p).unwrap();
+    let out0 = vec![bf16::from_bits(0x7F81); e * t * k];
+    // Before the weights: refused, nothing written.
+    let (a1q, a1s, ..) = random_experts(&mut rng, &p);
+    let mut out = out0.clone();
+    assert!(ex.step(&a1q, a1s.view(), &vec![1; e], &mut out).is_err());
+    assert_same("step before weights wrote nothing", &bits_u16(&out), &bits_u16(&out0));
+    ex.upload_weights(w1r, w2r).unwrap();
+    assert!(ex.has_weights());
+    let mut steps = 0;
+    for _ in 0..3 {
+        // New activations and counts each step; the weights stay resident.
+        let (a1q, a1s, ..) = random_experts(&mut rng, &p);
+        let cnt = counts(&mut rng, e, t);
+        let mut out_step = out0.clone();
+        ex.step(&a1q, a1s.view(), &cnt, &mut out_step).unwrap();
+        let inputs = ExpertsInputs {
+            a1q: &a1q,
+            a1s: a1s.view(),
+            w1: w1r,
+            w2: w2r,
+            counts: &cnt,
+        };
+        // The first apply gets a workspace of the wrong shapes: replaced, results unchanged.
+        let mut ws = if steps == 0 {
+            ExpertsWorkspace {
+                h1: Vec::new(),
+                q2: vec![1],
+                s2: ScaleBuf::F32(Vec::new()),
+            }
+        } else {
+            ExpertsWorkspace::new(&p)
+        };
+        let mut out_apply = out0.clone();
+        gpu.apply(&p, inputs, &mut ws, &mut out_apply).unwrap();
+        assert_same("step equals apply", &bits_u16(&out_step), &bits_u16(&out_apply));
+        assert_eq!(
+            (ws.h1.len(), ws.q2.len(), ws.s2.view().is_packed()),
+            (e * t * 2 * i, e * t * i, true)
+        );
+        steps += 1;
+    }
+    // A bad step is rejected with the CPU's error before anything is uploaded or written.
+    let (a1q, a1s, ..) = random_experts(&mut rng, &p);
+    let mut out = out0.clone();
+    let err = ex.step(&a1q, a1s.view(), &vec![t as i32 + 1; e], &mut out).unwrap_err();
+    assert_eq!(err, MoeError::from(check_counts(&vec![t as i32 + 1; e], e, t).unwrap_err()));
+    assert_same("rejected step wrote nothing", &bits_u16(&out), &bits_u16(&out0));
+    println!("STEPS on resident weights equal to the host apply: {steps}");
+}
+
+#[test]
 fn gemm_bad_inputs_are_rejected_with_the_cpu_error() {
     let Some(gpu) = gpu("gemm_bad_inputs") else { return };
     let p = GroupedGemm::new(2, 4, 128, 256, ScaleFormat::F32).unwrap();
@@ -409,7 +472,7 @@ fn experts_graph_replay_timing_on_a_deepseek_shape() {
         w2: WeightsRef { q: &w2, s: &w2s },
         counts: &cnt,
     };
-    let mut ex = CudaExperts::new(gpu, p).unwrap();
+    let mut ex = gpu.experts(p).unwrap();
     ex.upload_inputs(&inputs).unwrap();
     ex.capture_graph().unwrap();
     let mut times = Vec::new();
@@ -428,4 +491,77 @@ fn experts_graph_replay_timing_on_a_deepseek_shape() {
         flops / ms / 1e9,
         bytes / ms / 1e6
     );
+}
+
+/// Ids in `[-1, E)` with duplicates, redrawn until no expert overflows `T`.
+fn routable_ids(rng: &mut Rng, m: usize, topk: usize, e: usize, t: usize) -> Vec<i32> {
+    loop {
+        let ids: Vec<i32> = (0..m * topk).map(|_| rng.below(e + 1) as i32 - 1).collect();
+        if moe_core::Routing::new(&ids, m, topk, e, t).is_ok() {
+            return ids;
+        }
+    }
+}
+
+#[test]
+fn bandwidth_kernels_are_bit_exact_on_many_expert_shapes() {
+    let Some(gpu) = gpu("many_expert_shapes") else { return };
+    let mut rng = Rng::new(15);
+    let (e, t, k, m, topk) = if small() { (5, 9, 256, 12, 3) } else { (16, 40, 2048, 64, 8) };
+    let mut cases = 0;
+    for fmt in ScaleFormat::ALL {
+        let sn = e * fmt.columns(k / GROUP) * t;
+        let poison = |v: i32| {
+            if fmt.is_packed() {
+                ScaleBuf::Packed(vec![v; sn])
+            } else {
+                ScaleBuf::F32(vec![v as f32; sn])
+            }
+        };
+        // Batched token-group quantization, live rows only.
+        let p = BatchedTokenGroupQuant::new(e, t, k, fmt).unwrap();
+        let cnt = counts(&mut rng, e, t);
+        let x = to_bf16(&values_with_specials(&mut rng, e * t * k, true));
+        let (mut qg, mut qc, mut sg, mut sc) = (vec![0xA5u8; e * t * k], vec![0xA5u8; e * t * k], poison(7), poison(7));
+        gpu.batched_token_group_quant(&p, Activation::Bf16(&x), &cnt, &mut qg, sg.view_mut())
+            .unwrap();
+        NaiveCpu
+            .batched_token_group_quant(&p, Activation::Bf16(&x), &cnt, &mut qc, sc.view_mut())
+            .unwrap();
+        assert_same(&format!("batched tgq {fmt} q"), &qg, &qc);
+        assert_same(&format!("batched tgq {fmt} s"), &sg.to_bits(), &sc.to_bits());
+        // SiLU-mul-quant with H = K, both numerics.
+        for numerics in Numerics::ALL {
+            let p = SiluMulQuant::new(e, t, k, fmt, numerics).unwrap();
+            let y = to_bf16(&values_with_specials(&mut rng, e * t * 2 * k, true));
+            let (mut qg, mut qc, mut sg, mut sc) = (vec![0x3Cu8; e * t * k], vec![0x3Cu8; e * t * k], poison(3), poison(3));
+            gpu.silu_mul_quant(&p, &y, &cnt, &mut qg, sg.view_mut()).unwrap();
+            NaiveCpu.silu_mul_quant(&p, &y, &cnt, &mut qc, sc.view_mut()).unwrap();
+            assert_same(&format!("silu {fmt} {numerics} q"), &qg, &qc);
+            assert_same(&format!("silu {fmt} {numerics} s"), &sg.to_bits(), &sc.to_bits());
+        }
+        // Prepare: routing on the host, a gathered quantization on the device.
+        let p = Prepare::new(m, k, topk, e, t, fmt).unwrap();
+        let ids = routable_ids(&mut rng, m, topk, e, t);
+        let x = to_bf16(&values_with_specials(&mut rng, m * k, true));
+        let (mut qg, mut qc, mut sg, mut sc) = (vec![0x11u8; e * t * k], vec![0x11u8; e * t * k], poison(5), poison(5));
+        let (mut cg, mut cc) = (vec![-7i32; e], vec![-7i32; e]);
+        gpu.prepare(&p, &x, &ids, &mut qg, sg.view_mut(), &mut cg).unwrap();
+        NaiveCpu.prepare(&p, &x, &ids, &mut qc, sc.view_mut(), &mut cc).unwrap();
+        assert_same(&format!("prepare {fmt} counts"), &cg, &cc);
+        assert_same(&format!("prepare {fmt} a1q"), &qg, &qc);
+        assert_same(&format!("prepare {fmt} a1s"), &sg.to_bits(), &sc.to_bits());
+        cases += 4;
+    }
+    // Finalize with a K that is not a multiple of 128.
+    let kf = k - 24;
+    let p = Finalize::new(m, kf, topk, e, t).unwrap();
+    let ids = routable_ids(&mut rng, m, topk, e, t);
+    let eo = to_bf16(&values_with_specials(&mut rng, e * t * kf, true));
+    let w: Vec<f32> = (0..m * topk).map(|_| rng.value(-4, 0)).collect();
+    let (mut og, mut oc) = (vec![bf16::from_bits(0x1234); m * kf], vec![bf16::from_bits(0x1234); m * kf]);
+    gpu.finalize(&p, &eo, &ids, &w, &mut og).unwrap();
+    NaiveCpu.finalize(&p, &eo, &ids, &w, &mut oc).unwrap();
+    assert_same("finalize", &bits_u16(&og), &bits_u16(&oc));
+    println!("CASES many-expert bandwidth kernels bit-exact (E={e}, T={t}, K={k}): {}", cases + 1);
 }

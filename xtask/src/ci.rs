@@ -56,8 +56,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--test",
             "cuda",
             "--test",
-            "ops",
-            "--test",
             "gemm",
             "--test",
             "selftest",

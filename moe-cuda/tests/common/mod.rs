@@ -1,5 +1,7 @@
 //! Shared pieces of the GPU tests: the device (or a counted, visible skip), a small seeded
 //! random generator, input generators with special values, and comparison helpers.
+// Each test binary (`gemm`, `selftest`) uses its own subset of these helpers; the rest would
+// be reported as dead code in that binary.
 #![allow(dead_code)]
 
 use std::io::Write;
