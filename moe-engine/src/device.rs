@@ -93,7 +93,7 @@ impl DeviceKind {
 
     /// The GEMM contract of the backend: exact on the CPU; on CUDA, bounded with the tested
     /// constant 2^-12 (the measured one is 2^-25.3 on H100/H200, see `docs/gpu-validation.md`).
-    pub fn gemm_contract(self) -> GemmContract {
+    pub const fn gemm_contract(self) -> GemmContract {
         match self {
             DeviceKind::Cpu => GemmContract::Exact,
             DeviceKind::Cuda => GemmContract::Bounded { c: GemmContract::C_MAX },

@@ -4,11 +4,11 @@
 
 use std::sync::OnceLock;
 
-use moe_engine::GemmContract;
+use moe_engine::{DeviceKind, GemmContract};
 use moe_ref_cpu::CpuBackend as Dut;
 
-/// The CPU backend is exact, the GEMM included.
-const GEMM_TOL: GemmContract = GemmContract::Exact;
+/// The CPU backend's GEMM contract (exact, the GEMM included), as its one owner states it.
+const GEMM_TOL: GemmContract = DeviceKind::Cpu.gemm_contract();
 
 /// The backends under test, labelled; the CPU is always present.
 fn duts_or_skip(_test: &str) -> Option<&'static [(String, Dut)]> {

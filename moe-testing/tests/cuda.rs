@@ -1,30 +1,30 @@
 //! The differential suites, mounted for the CUDA backend (`CudaBackend`), unchanged.
 //!
 //! Needs the `cuda` feature (`cargo test -p moe-testing --features cuda`). Without a usable
-//! device every test prints a counted `SKIP: no CUDA device` line (written past the test
-//! harness's output capture, so it is always visible) and passes; with `MOE_REQUIRE_GPU=1` it
-//! fails instead.
+//! device (no driver, no GPU: `DeviceError::NoDevice`) every test prints a counted
+//! `SKIP: no CUDA device` line (written past the test harness's output capture, so it is always
+//! visible) and passes; with `MOE_REQUIRE_GPU=1` it fails instead. Any other error while opening
+//! the backend (a driver failure, a kernel that does not compile) is a failure, never a skip.
 #![cfg(feature = "cuda")]
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use moe_core::DeviceError;
 use moe_cuda::CudaBackend as Dut;
-use moe_engine::GemmContract;
+use moe_engine::{DeviceKind, GemmContract};
 
-/// The GEMM bound of SPEC §5.3 with the largest constant the spec allows, `c = 2^-12`; the CUDA
-/// backend's measured constant (documented with its evidence in moe-cuda) must not exceed it.
-const GEMM_TOL: GemmContract = GemmContract::Bounded { c: 1.0 / 4096.0 };
+/// The CUDA backend's GEMM contract, as its one owner (`moe_engine::DeviceKind`) states it.
+const GEMM_TOL: GemmContract = DeviceKind::Cuda.gemm_contract();
 
 static SKIPPED: AtomicUsize = AtomicUsize::new(0);
 
 /// The backend on GPU 0, or a counted skip (a failure under `MOE_REQUIRE_GPU=1`).
 fn duts_or_skip(test: &str) -> Option<&'static [(String, Dut)]> {
     static DUTS: OnceLock<Result<Vec<(String, Dut)>, String>> = OnceLock::new();
-    let duts = DUTS.get_or_init(|| match Dut::new() {
-        Ok(d) => Ok(vec![(format!("cuda, {}", d.device_name()), d)]),
-        Err(e) => Err(e.to_string()),
+    let duts = DUTS.get_or_init(|| {
+        skip_only_without_device(Dut::new().and_then(|d| d.compile_all().map(|()| d))).map(|d| vec![(format!("cuda, {}", d.device_name()), d)])
     });
     match duts {
         Ok(d) => Some(d),
@@ -38,6 +38,28 @@ fn duts_or_skip(test: &str) -> Option<&'static [(String, Dut)]> {
             None
         }
     }
+}
+
+/// `Err(reason)` (a skip) only for a missing device; any other error fails the test.
+fn skip_only_without_device<T>(opened: Result<T, DeviceError>) -> Result<T, String> {
+    match opened {
+        Ok(d) => Ok(d),
+        Err(DeviceError::NoDevice { reason }) => Err(reason),
+        Err(other) => panic!("the CUDA backend failed to open with an error that is not a missing device: {other}"),
+    }
+}
+
+#[test]
+fn only_a_missing_device_is_a_skip() {
+    let no_device = skip_only_without_device::<()>(Err(DeviceError::NoDevice { reason: "no driver".into() }));
+    assert_eq!(no_device, Err("no driver".to_string()));
+    let driver = std::panic::catch_unwind(|| {
+        skip_only_without_device::<()>(Err(DeviceError::Driver {
+            op: "open",
+            detail: "CUDA_ERROR_LAUNCH_FAILED".into(),
+        }))
+    });
+    assert!(driver.is_err(), "a driver error must fail, not skip");
 }
 
 #[path = "suites/experts.rs"]
