@@ -56,17 +56,33 @@ fn signed(s: impl Strategy<Value = f32>) -> impl Strategy<Value = f32> {
     (s, any::<bool>()).prop_map(|(v, neg)| if neg { -v } else { v })
 }
 
-/// A value in scaled units (to be multiplied by `2^k`), at most 448 in magnitude.
-pub fn unit_value() -> impl Strategy<Value = f32> {
+/// One unit in the last place of the element type, in f32 bits: 1 for f32, 2^16 for bf16.
+///
+/// A value one f32 ulp away from a midpoint or a power of two rounds straight back onto it when
+/// the tensor is stored as bf16, so the perturbations that make a case hard are taken in the
+/// element type the case will be stored in (midpoints and `448·2^k` are exact in bf16, so one
+/// bf16 step from them is again a bf16 value).
+pub fn ulp_bits(bf16: bool) -> u32 {
+    if bf16 {
+        1 << 16
+    } else {
+        1
+    }
+}
+
+/// A value in scaled units (to be multiplied by `2^k`), at most 448 in magnitude, for a tensor
+/// stored as bf16 (`bf16`) or f32.
+pub fn unit_value(bf16: bool) -> impl Strategy<Value = f32> {
+    let step = ulp_bits(bf16);
     prop_oneof![
         4 => signed((0u8..0x7E).prop_map(e4m3_midpoint)),
-        2 => signed((1u8..0x7E).prop_map(|c| {
+        2 => signed((1u8..0x7E).prop_map(move |c| {
             let m = e4m3_midpoint(c);
-            f32::from_bits(m.to_bits() + 1)
+            f32::from_bits(m.to_bits() + step)
         })),
-        2 => signed((1u8..0x7E).prop_map(|c| {
+        2 => signed((1u8..0x7E).prop_map(move |c| {
             let m = e4m3_midpoint(c);
-            f32::from_bits(m.to_bits() - 1)
+            f32::from_bits(m.to_bits() - step)
         })),
         2 => signed((0u8..=0x7E).prop_map(e4m3_to_f32)),
         1 => Just(0.0f32),
@@ -89,23 +105,25 @@ fn group_kind() -> impl Strategy<Value = GroupKind> {
     prop_oneof![4 => Just(GroupKind::Pinned), 2 => Just(GroupKind::JustAbovePow2), 1 => Just(GroupKind::AllZero), 1 => Just(GroupKind::Special), 2 => Just(GroupKind::Free)]
 }
 
-/// One group of 128 activation values (see the module docs).
-pub fn group() -> impl Strategy<Value = Vec<f32>> {
+/// One group of 128 activation values (see the module docs), for a tensor stored as bf16
+/// (`bf16`) or f32.
+pub fn group(bf16: bool) -> impl Strategy<Value = Vec<f32>> {
+    let step = ulp_bits(bf16);
     (
         -20i32..=20,
         group_kind(),
-        vec(unit_value(), GROUP),
+        vec(unit_value(bf16), GROUP),
         0..GROUP,
         any::<bool>(),
         vec((0..GROUP, 0u8..4, 1u32..0x80_0000), 1..4),
     )
-        .prop_map(|(k, kind, units, anchor, neg, specials)| {
+        .prop_map(move |(k, kind, units, anchor, neg, specials)| {
             let scale = 2f32.powi(k);
             let mut v: Vec<f32> = units.iter().map(|u| u * scale).collect();
             let sign = if neg { -1.0 } else { 1.0 };
             match kind {
                 GroupKind::Pinned => v[anchor] = sign * 448.0 * scale,
-                GroupKind::JustAbovePow2 => v[anchor] = sign * f32::from_bits((448.0 * scale).to_bits() + 1),
+                GroupKind::JustAbovePow2 => v[anchor] = sign * f32::from_bits((448.0 * scale).to_bits() + step),
                 GroupKind::AllZero => v.iter_mut().enumerate().for_each(|(i, x)| *x = if i % 3 == 0 { -0.0 } else { 0.0 }),
                 GroupKind::Special => {
                     for (i, what, sub) in specials {
@@ -123,9 +141,9 @@ pub fn group() -> impl Strategy<Value = Vec<f32>> {
         })
 }
 
-/// `n` groups, concatenated.
-pub fn groups(n: usize) -> impl Strategy<Value = Vec<f32>> {
-    vec(group(), n).prop_map(|g| g.concat())
+/// `n` groups, concatenated, for a tensor stored as bf16 (`bf16`) or f32.
+pub fn groups(n: usize, bf16: bool) -> impl Strategy<Value = Vec<f32>> {
+    vec(group(bf16), n).prop_map(|g| g.concat())
 }
 
 /// Any scale format.
@@ -158,12 +176,12 @@ fn etg() -> impl Strategy<Value = (usize, usize, usize)> {
 
 /// Token-group quantization cases: both layouts, bf16 and f32 inputs, every format.
 pub fn token_group_quant_case() -> impl Strategy<Value = TokenGroupQuantCase> {
-    (0usize..=6, prop_oneof![2 => Just(1usize), 1 => 2usize..=5]).prop_flat_map(|(rows, g)| {
+    (0usize..=6, prop_oneof![2 => Just(1usize), 1 => 2usize..=5], any::<bool>()).prop_flat_map(|(rows, g, bf)| {
         (
-            groups(rows * g),
+            groups(rows * g, bf),
             scale_format(),
             prop_oneof![Just(ScaleLayout::RowMajor), Just(ScaleLayout::MnMajor)],
-            any::<bool>(),
+            Just(bf),
         )
             .prop_map(move |(v, fmt, layout, bf)| TokenGroupQuantCase {
                 p: TokenGroupQuant::new(rows, g * GROUP, fmt, layout).expect("valid shape"),
@@ -174,8 +192,8 @@ pub fn token_group_quant_case() -> impl Strategy<Value = TokenGroupQuantCase> {
 
 /// Batched token-group quantization cases.
 pub fn batched_quant_case() -> impl Strategy<Value = BatchedQuantCase> {
-    etg().prop_flat_map(|(e, t, g)| {
-        (groups(e * t * g), vec(count(t), e), scale_format(), any::<bool>()).prop_map(move |(v, counts, fmt, bf)| BatchedQuantCase {
+    (etg(), any::<bool>()).prop_flat_map(|((e, t, g), bf)| {
+        (groups(e * t * g, bf), vec(count(t), e), scale_format(), Just(bf)).prop_map(move |(v, counts, fmt, bf)| BatchedQuantCase {
             p: BatchedTokenGroupQuant::new(e, t, g * GROUP, fmt).expect("valid shape"),
             x: ActBuf::from_f32(v, bf),
             counts,
@@ -185,11 +203,11 @@ pub fn batched_quant_case() -> impl Strategy<Value = BatchedQuantCase> {
 
 /// Block quantization cases with ragged edges.
 pub fn block_quant_case() -> impl Strategy<Value = BlockQuantCase> {
-    (1usize..=2, 1usize..=150, 1usize..=150, -20i32..=20).prop_flat_map(|(e, r, c, k)| {
+    (1usize..=2, 1usize..=150, 1usize..=150, -20i32..=20, any::<bool>()).prop_flat_map(|(e, r, c, k, bf)| {
         (
-            vec(unit_value(), e * r * c),
+            vec(unit_value(bf), e * r * c),
             any::<bool>(),
-            any::<bool>(),
+            Just(bf),
             0..e * r * c,
             vec((0..e * r * c, 0u8..3), 0..3),
         )
@@ -212,7 +230,7 @@ pub fn block_quant_case() -> impl Strategy<Value = BlockQuantCase> {
 pub fn silu_value() -> impl Strategy<Value = f32> {
     prop_oneof![
         8 => -8.0f32..8.0,
-        2 => signed(unit_value()),
+        2 => signed(unit_value(true)),
         1 => -200.0f32..-80.0,
         1 => 80.0f32..200.0,
         1 => Just(f32::NAN),
@@ -338,7 +356,7 @@ fn capacity_for(ids: &[i32], m: usize, topk: usize, e: usize, spare: usize) -> u
 /// Prepare cases: some tokens unrouted, some listed twice for one expert.
 pub fn prepare_case() -> impl Strategy<Value = PrepareCase> {
     (0usize..=8, 1usize..=4, 1usize..=4, prop_oneof![2 => Just(1usize), 1 => 2usize..=3]).prop_flat_map(|(m, topk, e, g)| {
-        (vec(routed(e), m * topk), groups(m * g), scale_format(), 0usize..=2).prop_map(move |(ids, x, fmt, spare)| {
+        (vec(routed(e), m * topk), groups(m * g, true), scale_format(), 0usize..=2).prop_map(move |(ids, x, fmt, spare)| {
             let t = capacity_for(&ids, m, topk, e, spare);
             PrepareCase {
                 p: Prepare::new(m, g * GROUP, topk, e, t, fmt).expect("valid shape"),
@@ -380,4 +398,55 @@ pub fn e4m3_encoder_input() -> impl Strategy<Value = f32> {
         1 => signed((0u32..0x3C80_0000).prop_map(f32::from_bits)), // below 2^-6: E4M3 subnormals and f32 subnormals
         1 => prop_oneof![Just(f32::INFINITY), Just(f32::NEG_INFINITY), Just(f32::NAN), Just(0.0f32), Just(-0.0f32)],
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    use super::*;
+
+    /// Whether `x` is exactly one bf16 step away from an E4M3 midpoint (unscaled units).
+    fn one_bf16_step_off_a_midpoint(x: bf16) -> bool {
+        let v = x.to_f32().abs();
+        [-1i32, 1].iter().any(|d| {
+            let n = f32::from_bits((v.to_bits() as i32 + d * (1 << 16)) as u32);
+            (0u8..0x7E).any(|c| e4m3_midpoint(c) == n)
+        })
+    }
+
+    // On the old strategies (one f32 ulp), these perturbations rounded straight back onto the
+    // midpoint or the power of two when the tensor was stored as bf16: no bf16 group had an amax
+    // just above 448·2^k, and only the uniform draws landed next to midpoints (about 2%).
+    #[test]
+    fn bf16_values_keep_their_one_ulp_perturbations() {
+        let mut runner = TestRunner::deterministic();
+        let draws = 4000;
+        let near = (0..draws)
+            .filter(|_| one_bf16_step_off_a_midpoint(bf16::from_f32(unit_value(true).new_tree(&mut runner).unwrap().current())))
+            .count();
+        assert!(
+            near * 100 > draws * 15,
+            "only {near} of {draws} bf16 draws are one step off a midpoint"
+        );
+        let mut above = 0;
+        for _ in 0..200 {
+            let v = group(true).new_tree(&mut runner).unwrap().current();
+            let amax = v
+                .iter()
+                .map(|&x| bf16::from_f32(x).to_f32().abs())
+                .filter(|x| x.is_finite())
+                .fold(0f32, f32::max);
+            let k = (amax / 448.0).log2().floor();
+            above += usize::from(amax > 0.0 && amax == 450.0 * 2f32.powf(k));
+        }
+        assert!(above >= 10, "only {above} of 200 bf16 groups have an amax one step above 448·2^k");
+    }
+
+    #[test]
+    fn f32_groups_perturb_by_one_f32_ulp() {
+        assert_eq!(ulp_bits(false), 1);
+        assert_eq!(bf16::from_f32(f32::from_bits(448f32.to_bits() + ulp_bits(true))).to_f32(), 450.0);
+    }
 }

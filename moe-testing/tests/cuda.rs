@@ -24,7 +24,8 @@ static SKIPPED: AtomicUsize = AtomicUsize::new(0);
 fn duts_or_skip(test: &str) -> Option<&'static [(String, Dut)]> {
     static DUTS: OnceLock<Result<Vec<(String, Dut)>, String>> = OnceLock::new();
     let duts = DUTS.get_or_init(|| {
-        skip_only_without_device(Dut::new().and_then(|d| d.compile_all().map(|()| d))).map(|d| vec![(format!("cuda, {}", d.device_name()), d)])
+        skip_only_without_device(Dut::new().and_then(|d| d.compile_all().map(|()| d)))
+            .map(|d| vec![(format!("cuda, {}", d.device_name()), d)])
     });
     match duts {
         Ok(d) => Some(d),
@@ -51,7 +52,9 @@ fn skip_only_without_device<T>(opened: Result<T, DeviceError>) -> Result<T, Stri
 
 #[test]
 fn only_a_missing_device_is_a_skip() {
-    let no_device = skip_only_without_device::<()>(Err(DeviceError::NoDevice { reason: "no driver".into() }));
+    let no_device = skip_only_without_device::<()>(Err(DeviceError::NoDevice {
+        reason: "no driver".into(),
+    }));
     assert_eq!(no_device, Err("no driver".to_string()));
     let driver = std::panic::catch_unwind(|| {
         skip_only_without_device::<()>(Err(DeviceError::Driver {
