@@ -778,12 +778,34 @@ impl Routing {
     pub fn counts(&self) -> &[i32] {
         &self.counts
     }
+    /// Number of tokens `M`.
+    pub fn tokens_len(&self) -> usize {
+        self.rows.len() / self.topk
+    }
+    /// Slots per token (`topk`).
+    pub fn topk(&self) -> usize {
+        self.topk
+    }
     /// The tokens of expert `e`, ascending.
+    ///
+    /// # Panics
+    /// If `e >= self.experts()`, like indexing a slice out of bounds.
     pub fn tokens(&self, e: usize) -> &[u32] {
+        assert!(e < self.experts(), "Routing::tokens: expert {e} is outside [0, {})", self.experts());
         &self.order[self.offsets[e]..self.offsets[e + 1]]
     }
     /// The row of token `m` in the expert of its slot `j`, or `None` if the slot is `-1`.
+    ///
+    /// # Panics
+    /// If `m >= self.tokens_len()` or `j >= self.topk()`, like indexing a slice out of bounds
+    /// (an unchecked `j` past `topk` would silently read the next token's slot).
     pub fn row(&self, m: usize, j: usize) -> Option<usize> {
+        assert!(
+            m < self.tokens_len() && j < self.topk,
+            "Routing::row: slot ({m}, {j}) is outside ({}, {})",
+            self.tokens_len(),
+            self.topk
+        );
         let r = self.rows[m * self.topk + j];
         (r >= 0).then_some(r as usize)
     }
@@ -941,6 +963,20 @@ mod tests {
                 capacity: 1
             })
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "Routing::row: slot (0, 2) is outside (2, 2)")]
+    fn routing_row_past_topk_panics_instead_of_reading_the_next_token() {
+        let r = Routing::new(&[0, 1, 1, -1], 2, 2, 2, 2).unwrap();
+        let _ = r.row(0, 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "Routing::tokens: expert 2 is outside [0, 2)")]
+    fn routing_tokens_of_an_unknown_expert_panics_with_a_message() {
+        let r = Routing::new(&[0, 1, 1, -1], 2, 2, 2, 2).unwrap();
+        let _ = r.tokens(2);
     }
 
     #[test]

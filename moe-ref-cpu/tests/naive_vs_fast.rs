@@ -142,7 +142,9 @@ fn batched_quant_silu_and_gemm_agree_and_leave_dead_rows_untouched() {
         let b = rng.e4m3s(e * n * k);
         let sa_f: Vec<f32> = (0..e * (k / 128) * t).map(|i| 2f32.powi((i % 9) as i32 - 4)).collect();
         let sa = match fmt {
-            ScaleFormat::Ue8m0Packed => ScaleBuf::Packed(moe_core::scale::pack_ue8m0(&sa_f, e * t, k / 128, ScaleLayout::RowMajor)),
+            ScaleFormat::Ue8m0Packed => {
+                ScaleBuf::Packed(moe_core::scale::pack_ue8m0(&sa_f, e * t, k / 128, ScaleLayout::RowMajor).unwrap())
+            }
             _ => ScaleBuf::F32(sa_f.clone()),
         };
         // The packed layout above is only used as opaque words: shape check needs (E, ceil(G/4), T).
