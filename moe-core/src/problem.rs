@@ -371,20 +371,48 @@ impl GroupedGemm {
     pub fn sb_shape(&self) -> [usize; 3] {
         [self.e, self.n / GROUP, self.k / GROUP]
     }
-    /// Validates the inputs.
-    pub fn check_inputs(&self, a: &[u8], sa: &Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32]) -> Result<()> {
-        check_len("a", a.len(), &[self.e, self.t, self.k])?;
+    /// Validates the inputs: `a`, `sa`, `b` (tensor `b`) and its scales (tensor `sb`), `counts`.
+    pub fn check_inputs(&self, inputs: &GemmInputs<'_>) -> Result<()> {
+        check_len("a", inputs.a.len(), &[self.e, self.t, self.k])?;
         let sh = self.sa_shape();
-        sa.check("sa", self.sa_fmt, sh.iter().product(), &sh)?;
-        check_len("b", b.len(), &[self.e, self.n, self.k])?;
-        check_len("sb", sb.len(), &self.sb_shape())?;
-        check_counts(counts, self.e, self.t)
+        inputs.sa.check("sa", self.sa_fmt, sh.iter().product(), &sh)?;
+        check_len("b", inputs.b.q.len(), &[self.e, self.n, self.k])?;
+        check_len("sb", inputs.b.s.len(), &self.sb_shape())?;
+        check_counts(inputs.counts, self.e, self.t)
     }
-    /// Validates the inputs and the output.
-    pub fn check(&self, a: &[u8], sa: &Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32], d: &[bf16]) -> Result<()> {
-        self.check_inputs(a, sa, b, sb, counts)?;
+    /// Validates the inputs and the output `d (E, T, N)`.
+    pub fn check(&self, inputs: &GemmInputs<'_>, d: &[bf16]) -> Result<()> {
+        self.check_inputs(inputs)?;
         check_len("d", d.len(), &[self.e, self.t, self.n])
     }
+}
+
+/// The inputs of the masked grouped GEMM (SPEC §5.3).
+#[derive(Debug, Clone, Copy)]
+pub struct GemmInputs<'a> {
+    /// `(E, T, K)` E4M3 activations.
+    pub a: &'a [u8],
+    /// Their scales, MN-major `(E, cols, T)` in the problem's scale format.
+    pub sa: Scales<'a>,
+    /// The weights `b (E, N, K)` E4M3 and their scales `sb (E, N/128, K/128)`.
+    pub b: WeightsRef<'a>,
+    /// Live rows per expert.
+    pub counts: &'a [i32],
+}
+
+/// The inputs of the batched experts stage (SPEC §5.4).
+#[derive(Debug, Clone, Copy)]
+pub struct ExpertsInputs<'a> {
+    /// `(E, T, K)` E4M3 activations.
+    pub a1q: &'a [u8],
+    /// Their scales, MN-major `(E, K/128, T)` in the problem's scale format.
+    pub a1s: Scales<'a>,
+    /// `w1 (E, 2I, K)`: gate rows then up rows.
+    pub w1: WeightsRef<'a>,
+    /// `w2 (E, K, I)`.
+    pub w2: WeightsRef<'a>,
+    /// Live rows per expert.
+    pub counts: &'a [i32],
 }
 
 /// Block-quantized expert weights `(E, R, C)` E4M3 with scales `(E, ceil(R/128), ceil(C/128))`.
@@ -517,26 +545,22 @@ impl Experts {
     pub fn a1s_shape(&self) -> [usize; 3] {
         self.gemm1().sa_shape()
     }
-    /// Validates the inputs and output.
-    pub fn check(
-        &self,
-        a1q: &[u8],
-        a1s: &Scales<'_>,
-        w1: &WeightsRef<'_>,
-        w2: &WeightsRef<'_>,
-        counts: &[i32],
-        out: &[bf16],
-    ) -> Result<()> {
+    /// Validates the inputs, naming `a1q`, `a1s`, `w1`, `w1s`, `w2`, `w2s` or `counts`.
+    pub fn check_inputs(&self, inputs: &ExpertsInputs<'_>) -> Result<()> {
         let g1 = self.gemm1();
         let g2 = self.gemm2();
-        check_len("a1q", a1q.len(), &[self.e, self.t, self.k])?;
+        check_len("a1q", inputs.a1q.len(), &[self.e, self.t, self.k])?;
         let sh = g1.sa_shape();
-        a1s.check("a1s", self.fmt, sh.iter().product(), &sh)?;
-        check_len("w1", w1.q.len(), &[self.e, 2 * self.i, self.k])?;
-        check_len("w1s", w1.s.len(), &g1.sb_shape())?;
-        check_len("w2", w2.q.len(), &[self.e, self.k, self.i])?;
-        check_len("w2s", w2.s.len(), &g2.sb_shape())?;
-        check_counts(counts, self.e, self.t)?;
+        inputs.a1s.check("a1s", self.fmt, sh.iter().product(), &sh)?;
+        check_len("w1", inputs.w1.q.len(), &[self.e, 2 * self.i, self.k])?;
+        check_len("w1s", inputs.w1.s.len(), &g1.sb_shape())?;
+        check_len("w2", inputs.w2.q.len(), &[self.e, self.k, self.i])?;
+        check_len("w2s", inputs.w2.s.len(), &g2.sb_shape())?;
+        check_counts(inputs.counts, self.e, self.t)
+    }
+    /// Validates the inputs and the output `out (E, T, K)`.
+    pub fn check(&self, inputs: &ExpertsInputs<'_>, out: &[bf16]) -> Result<()> {
+        self.check_inputs(inputs)?;
         check_len("out", out.len(), &[self.e, self.t, self.k])
     }
 }
