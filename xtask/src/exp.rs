@@ -55,7 +55,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             float8_pass(threads)
         }
         [flag] if flag == "--float8-only" => float8_pass(threads),
-        _ => Err(format!("exp-check: unexpected arguments {args:?} (the only option is --float8-only)")),
+        _ => Err(format!(
+            "exp-check: unexpected arguments {args:?} (the only option is --float8-only)"
+        )),
     }
 }
 
@@ -139,7 +141,10 @@ fn float8_pass(threads: usize) -> Result<(), String> {
     );
     let ex = examples.into_inner().expect("examples");
     for (bits, ours, theirs) in &ex {
-        println!("  x = {:e} ({bits:#010x}): e4m3_from_f32 {ours:#04x}, float8 {theirs:#04x}", f32::from_bits(*bits));
+        println!(
+            "  x = {:e} ({bits:#010x}): e4m3_from_f32 {ours:#04x}, float8 {theirs:#04x}",
+            f32::from_bits(*bits)
+        );
     }
     // Every negative NaN (sign set, exponent all ones, mantissa non-zero) and nothing else.
     const NEGATIVE_NANS: u64 = (1 << 23) - 1;
