@@ -42,24 +42,31 @@ impl GroupedGemm {
         self.expected_m = Some(m);
         self
     }
+    /// Number of experts `E`.
     pub fn experts(&self) -> usize {
         self.e
     }
+    /// Rows per expert `T`.
     pub fn capacity(&self) -> usize {
         self.t
     }
+    /// Output columns `N` (rows of `b`).
     pub fn n(&self) -> usize {
         self.n
     }
+    /// Reduction length `K`.
     pub fn k(&self) -> usize {
         self.k
     }
+    /// Blocks of 128 along `K`.
     pub fn k_blocks(&self) -> usize {
         self.k / GROUP
     }
+    /// The storage of `sa`.
     pub fn scale_format(&self) -> ScaleFormat {
         self.sa_fmt
     }
+    /// The `expected_m` hint, if set.
     pub fn expected_m(&self) -> Option<usize> {
         self.expected_m
     }
@@ -172,24 +179,31 @@ impl Experts {
         self.expected_m = Some(m);
         self
     }
+    /// Number of experts `E`.
     pub fn experts(&self) -> usize {
         self.e
     }
+    /// Rows per expert `T`.
     pub fn capacity(&self) -> usize {
         self.t
     }
+    /// Hidden size `K`.
     pub fn k(&self) -> usize {
         self.k
     }
+    /// Intermediate size `I` per expert.
     pub fn i(&self) -> usize {
         self.i
     }
+    /// The storage of the activation scales (`a1s` and the intermediate ones).
     pub fn scale_format(&self) -> ScaleFormat {
         self.fmt
     }
+    /// The arithmetic of SiLU-mul-quant (SPEC §5.2).
     pub fn numerics(&self) -> Numerics {
         self.numerics
     }
+    /// The `expected_m` hint, if set.
     pub fn expected_m(&self) -> Option<usize> {
         self.expected_m
     }

@@ -55,18 +55,23 @@ impl TokenGroupQuant {
         product("x", &[rows, k])?;
         Ok(Self { rows, k, fmt, layout })
     }
+    /// Number of rows.
     pub fn rows(&self) -> usize {
         self.rows
     }
+    /// Row length `K`.
     pub fn k(&self) -> usize {
         self.k
     }
+    /// Groups of 128 per row, `G = K / 128`.
     pub fn groups(&self) -> usize {
         self.k / GROUP
     }
+    /// The storage of the scales.
     pub fn scale_format(&self) -> ScaleFormat {
         self.fmt
     }
+    /// The layout of the scales.
     pub fn layout(&self) -> ScaleLayout {
         self.layout
     }
@@ -99,6 +104,7 @@ pub struct BatchedTokenGroupQuant {
 }
 
 impl BatchedTokenGroupQuant {
+    /// `E` and `T` at least 1, `K` a positive multiple of 128; scales in `fmt`.
     pub fn new(e: usize, t: usize, k: usize, fmt: ScaleFormat) -> Result<Self> {
         at_least("x", "E", e, 1)?;
         at_least("x", "T", t, 1)?;
@@ -106,18 +112,23 @@ impl BatchedTokenGroupQuant {
         product("x", &[e, t, k])?;
         Ok(Self { e, t, k, fmt })
     }
+    /// Number of experts `E`.
     pub fn experts(&self) -> usize {
         self.e
     }
+    /// Rows per expert `T`.
     pub fn capacity(&self) -> usize {
         self.t
     }
+    /// Row length `K`.
     pub fn k(&self) -> usize {
         self.k
     }
+    /// Groups of 128 per row, `G = K / 128`.
     pub fn groups(&self) -> usize {
         self.k / GROUP
     }
+    /// The storage of the scales.
     pub fn scale_format(&self) -> ScaleFormat {
         self.fmt
     }
@@ -125,6 +136,7 @@ impl BatchedTokenGroupQuant {
     pub fn scale_shape(&self) -> [usize; 3] {
         [self.e, self.fmt.columns(self.groups()), self.t]
     }
+    /// Validates the buffers `x (E, T, K)`, `q (E, T, K)`, `s` and `counts`.
     pub fn check(&self, x: &Activation<'_>, counts: &[i32], q: &[u8], s: &ScalesMut<'_>) -> Result<()> {
         check_len("x", x.len(), &[self.e, self.t, self.k])?;
         check_counts(counts, self.e, self.t)?;
@@ -152,15 +164,19 @@ impl BlockQuant {
         product("w", &[e, r, c])?;
         Ok(Self { e, r, c, pow2 })
     }
+    /// Number of experts `E`.
     pub fn experts(&self) -> usize {
         self.e
     }
+    /// Rows `R` of each expert's matrix.
     pub fn rows(&self) -> usize {
         self.r
     }
+    /// Columns `C` of each expert's matrix.
     pub fn cols(&self) -> usize {
         self.c
     }
+    /// Whether each scale is ceiled to a power of two.
     pub fn pow2(&self) -> bool {
         self.pow2
     }
@@ -168,6 +184,7 @@ impl BlockQuant {
     pub fn scale_shape(&self) -> [usize; 3] {
         [self.e, self.r.div_ceil(GROUP), self.c.div_ceil(GROUP)]
     }
+    /// Validates the buffers `w (E, R, C)`, `q (E, R, C)` and `s`.
     pub fn check(&self, w: &Activation<'_>, q: &[u8], s: &[f32]) -> Result<()> {
         check_len("w", w.len(), &[self.e, self.r, self.c])?;
         check_len("q", q.len(), &[self.e, self.r, self.c])?;
@@ -186,6 +203,7 @@ pub struct SiluMulQuant {
 }
 
 impl SiluMulQuant {
+    /// `E` and `T` at least 1, `H` a positive multiple of 128; scales in `fmt`, arithmetic `numerics`.
     pub fn new(e: usize, t: usize, h: usize, fmt: ScaleFormat, numerics: Numerics) -> Result<Self> {
         at_least("y", "E", e, 1)?;
         at_least("y", "T", t, 1)?;
@@ -193,21 +211,27 @@ impl SiluMulQuant {
         product("y", &[e, t, 2, h])?;
         Ok(Self { e, t, h, fmt, numerics })
     }
+    /// Number of experts `E`.
     pub fn experts(&self) -> usize {
         self.e
     }
+    /// Rows per expert `T`.
     pub fn capacity(&self) -> usize {
         self.t
     }
+    /// Output row length `H` (input rows hold `2H`: gate, then up).
     pub fn h(&self) -> usize {
         self.h
     }
+    /// Groups of 128 per output row, `H / 128`.
     pub fn groups(&self) -> usize {
         self.h / GROUP
     }
+    /// The storage of the scales.
     pub fn scale_format(&self) -> ScaleFormat {
         self.fmt
     }
+    /// The arithmetic (SPEC §5.2).
     pub fn numerics(&self) -> Numerics {
         self.numerics
     }
@@ -215,6 +239,7 @@ impl SiluMulQuant {
     pub fn scale_shape(&self) -> [usize; 3] {
         [self.e, self.fmt.columns(self.groups()), self.t]
     }
+    /// Validates the buffers `y (E, T, 2H)`, `q (E, T, H)`, `s` and `counts`.
     pub fn check(&self, y: &[bf16], counts: &[i32], q: &[u8], s: &ScalesMut<'_>) -> Result<()> {
         check_len("y", y.len(), &[self.e, self.t, 2 * self.h])?;
         check_counts(counts, self.e, self.t)?;
