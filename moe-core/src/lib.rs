@@ -21,7 +21,6 @@
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-#![allow(missing_docs)] // getters of the problem types are self-describing
 
 pub mod backend;
 pub mod error;
@@ -44,6 +43,6 @@ pub use meta::{estimate_expected_m, moe_problem_size, MoeProblemSize};
 pub use metrics::{calc_diff, calc_diff_bf16, ulp_bf16};
 pub use problem::{
     check_counts, check_len, clamp_count, Activation, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, Routing,
-    SiluMulQuant, TokenGroupQuant, WeightsRef, WorkspaceShapes,
+    RoutingDims, SiluMulQuant, TokenGroupQuant, WeightsRef, WorkspaceShapes,
 };
 pub use scale::{ue8m0_word_get, ue8m0_word_set, ue8m0_word_slot, Numerics, ScaleBuf, ScaleFormat, ScaleLayout, Scales, ScalesMut, GROUP};

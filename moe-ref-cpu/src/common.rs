@@ -1,7 +1,8 @@
-//! Pieces shared by the naive and the fast paths: clearing packed scale rows, and constants.
+//! Pieces shared by the naive and the fast paths: argument checks, routing for prepare, scale
+//! lookups and clearing of packed scale rows, and constants.
 
 use half::bf16;
-use moe_core::{GemmInputs, GroupedGemm, MoeResult, Scales, ScalesMut};
+use moe_core::{GemmInputs, GroupedGemm, MoeResult, Prepare, Routing, Scales, ScalesMut};
 
 /// `(bf16(1e-10), bf16(1/448))` as f32, the constants of `Numerics::VllmBf16` (SPEC §5.2).
 #[inline]
@@ -32,4 +33,18 @@ pub(crate) fn check_gemm_with_bound(p: &GroupedGemm, inputs: &GemmInputs<'_>, d:
     p.check(inputs, d)?;
     moe_core::check_len("bound", bound.len(), &[p.experts(), p.capacity(), p.n()])?;
     Ok(())
+}
+
+/// The start of both prepare paths: validate every buffer, route the tokens, and write `counts`.
+pub(crate) fn route_for_prepare(
+    p: &Prepare,
+    x: &[bf16],
+    topk_ids: &[i32],
+    a1q: &[u8],
+    a1s: &ScalesMut<'_>,
+    counts: &mut [i32],
+) -> MoeResult<Routing> {
+    let routing = p.check(x, topk_ids, a1q, a1s, counts)?;
+    counts.copy_from_slice(routing.counts());
+    Ok(routing)
 }

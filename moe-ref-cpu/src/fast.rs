@@ -19,7 +19,7 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use crate::common::{check_gemm_with_bound, clear_packed_rows, vllm_consts};
+use crate::common::{check_gemm_with_bound, clear_packed_rows, route_for_prepare, vllm_consts};
 
 /// The fast CPU reference: parallel with rayon, bit-identical to [`crate::NaiveCpu`] for any
 /// thread count.
@@ -315,11 +315,10 @@ impl Backend for CpuBackend {
         mut a1s: ScalesMut<'_>,
         counts: &mut [i32],
     ) -> MoeResult<()> {
-        let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
-        let (t_cap, k, fmt) = (p.capacity(), p.k(), p.scale_format());
+        let routing = route_for_prepare(p, x, topk_ids, a1q, &a1s, counts)?;
+        let (t_cap, k, fmt) = (p.dims().capacity(), p.dims().k(), p.scale_format());
         let groups = k / GROUP;
         let per_expert = fmt.columns(groups) * t_cap;
-        counts.copy_from_slice(routing.counts());
         let xa = Activation::Bf16(x);
         for (e, qe) in a1q.chunks_mut(t_cap * k).enumerate() {
             let toks = routing.tokens(e);
@@ -331,7 +330,7 @@ impl Backend for CpuBackend {
 
     fn finalize(&self, p: &Finalize, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &mut [bf16]) -> MoeResult<()> {
         let routing = p.check(expert_out, topk_ids, topk_weights, out)?;
-        let (k, topk, t_cap) = (p.k(), p.topk(), p.capacity());
+        let (k, topk, t_cap) = (p.dims().k(), p.dims().topk(), p.dims().capacity());
         self.install(|| {
             out.par_chunks_mut(k).enumerate().with_min_len(4).for_each(|(m, o)| {
                 Arch::new().dispatch(FinalizeRow {

@@ -10,7 +10,7 @@ use moe_core::{
     Prepare, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 
-use crate::common::{check_gemm_with_bound, clear_packed_rows, sa_at, vllm_consts};
+use crate::common::{check_gemm_with_bound, clear_packed_rows, route_for_prepare, sa_at, vllm_consts};
 
 /// The naive CPU reference (single-threaded, element by element).
 #[derive(Debug, Default, Clone, Copy)]
@@ -230,12 +230,11 @@ impl Backend for NaiveCpu {
         mut a1s: ScalesMut<'_>,
         counts: &mut [i32],
     ) -> MoeResult<()> {
-        let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
-        let (t_cap, k, fmt) = (p.capacity(), p.k(), p.scale_format());
+        let routing = route_for_prepare(p, x, topk_ids, a1q, &a1s, counts)?;
+        let (t_cap, k, fmt) = (p.dims().capacity(), p.dims().k(), p.scale_format());
         let groups = k / GROUP;
         let cols = fmt.columns(groups);
-        counts.copy_from_slice(routing.counts());
-        for e in 0..p.experts() {
+        for e in 0..p.dims().experts() {
             let toks = routing.tokens(e);
             let mut se = a1s.expert_mut(e, cols * t_cap);
             clear_packed_rows(&mut se, t_cap, cols, toks.len());
@@ -251,8 +250,8 @@ impl Backend for NaiveCpu {
 
     fn finalize(&self, p: &Finalize, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &mut [bf16]) -> MoeResult<()> {
         let routing = p.check(expert_out, topk_ids, topk_weights, out)?;
-        let (k, topk, t_cap) = (p.k(), p.topk(), p.capacity());
-        for m in 0..p.tokens() {
+        let (k, topk, t_cap) = (p.dims().k(), p.dims().topk(), p.dims().capacity());
+        for m in 0..p.dims().tokens() {
             for c in 0..k {
                 let mut acc = 0f32;
                 for j in 0..topk {

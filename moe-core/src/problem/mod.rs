@@ -17,4 +17,4 @@ mod routing;
 pub use checks::{check_counts, check_len, clamp_count};
 pub use gemm::{Experts, ExpertsInputs, GemmInputs, GroupedGemm, WeightsRef, WorkspaceShapes};
 pub use quant::{Activation, BatchedTokenGroupQuant, BlockQuant, SiluMulQuant, TokenGroupQuant};
-pub use routing::{Finalize, Prepare, Routing};
+pub use routing::{Finalize, Prepare, Routing, RoutingDims};

@@ -7,125 +7,128 @@ use super::quant::BatchedTokenGroupQuant;
 use crate::error::ProblemError;
 use crate::scale::{ScaleFormat, ScalesMut};
 
-/// Dispatch: route `x (M, K)` by `topk_ids (M, k)` into `(E, T, K)` and quantize (SPEC §5.5).
+/// The sizes that prepare and finalize share: `M` tokens of hidden size `K`, `topk` slots each
+/// in `topk_ids (M, topk)`, routed to `E` experts of capacity `T` (the `(E, T, K)` batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prepare {
+pub struct RoutingDims {
     m: usize,
     k: usize,
     topk: usize,
     e: usize,
     t: usize,
+}
+
+impl RoutingDims {
+    /// Checks everything but `K`'s own rule; `tokens` names the `(M, K)` tensor and `batch` the
+    /// `(E, T, K)` one in errors.
+    fn new(m: usize, k: usize, topk: usize, e: usize, t: usize, tokens: &'static str, batch: &'static str) -> Result<Self> {
+        at_least("topk_ids", "topk", topk, 1)?;
+        at_least(batch, "E", e, 1)?;
+        at_least(batch, "T", t, 1)?;
+        product(tokens, &[m, k])?;
+        product("topk_ids", &[m, topk])?;
+        product(batch, &[e, t, k])?;
+        Ok(Self { m, k, topk, e, t })
+    }
+    /// Number of tokens `M`.
+    pub fn tokens(&self) -> usize {
+        self.m
+    }
+    /// Hidden size `K`.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Slots per token (`topk`).
+    pub fn topk(&self) -> usize {
+        self.topk
+    }
+    /// Number of local experts `E`.
+    pub fn experts(&self) -> usize {
+        self.e
+    }
+    /// Rows per expert `T`.
+    pub fn capacity(&self) -> usize {
+        self.t
+    }
+    /// Routes `topk_ids (M, topk)` (SPEC §5.5): the errors of [`Routing::new`].
+    pub fn route(&self, topk_ids: &[i32]) -> Result<Routing> {
+        Routing::new(topk_ids, self.m, self.topk, self.e, self.t)
+    }
+}
+
+/// Dispatch: route `x (M, K)` by `topk_ids (M, k)` into `(E, T, K)` and quantize (SPEC §5.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prepare {
+    dims: RoutingDims,
     fmt: ScaleFormat,
 }
 
 impl Prepare {
+    /// `K` a positive multiple of 128, `topk`, `E` and `T` at least 1, any `M` (0 is an empty
+    /// batch); the scales of `a1q` are stored in `fmt`.
     pub fn new(m: usize, k: usize, topk: usize, experts: usize, capacity: usize, fmt: ScaleFormat) -> Result<Self> {
         multiple_of_128("x", "K", k)?;
-        at_least("topk_ids", "topk", topk, 1)?;
-        at_least("a1q", "E", experts, 1)?;
-        at_least("a1q", "T", capacity, 1)?;
-        product("x", &[m, k])?;
-        product("topk_ids", &[m, topk])?;
-        product("a1q", &[experts, capacity, k])?;
-        Ok(Self {
-            m,
-            k,
-            topk,
-            e: experts,
-            t: capacity,
-            fmt,
-        })
+        let dims = RoutingDims::new(m, k, topk, experts, capacity, "x", "a1q")?;
+        Ok(Self { dims, fmt })
     }
-    pub fn tokens(&self) -> usize {
-        self.m
+    /// The sizes `(M, K, topk, E, T)`.
+    pub fn dims(&self) -> &RoutingDims {
+        &self.dims
     }
-    pub fn k(&self) -> usize {
-        self.k
-    }
-    pub fn topk(&self) -> usize {
-        self.topk
-    }
-    pub fn experts(&self) -> usize {
-        self.e
-    }
-    pub fn capacity(&self) -> usize {
-        self.t
-    }
+    /// The storage of `a1s`.
     pub fn scale_format(&self) -> ScaleFormat {
         self.fmt
     }
     /// The batched quantization this dispatch performs.
     pub fn quant(&self) -> BatchedTokenGroupQuant {
+        let d = &self.dims;
         BatchedTokenGroupQuant {
-            e: self.e,
-            t: self.t,
-            k: self.k,
+            e: d.e,
+            t: d.t,
+            k: d.k,
             fmt: self.fmt,
         }
     }
     /// Validates the buffers and routes the tokens.
     pub fn check(&self, x: &[bf16], topk_ids: &[i32], a1q: &[u8], a1s: &ScalesMut<'_>, counts: &[i32]) -> Result<Routing> {
+        let d = &self.dims;
         // Every buffer first: routing allocates O(E), and a caller cannot pass buffers for an
         // absurd E.
-        check_len("x", x.len(), &[self.m, self.k])?;
-        check_len("topk_ids", topk_ids.len(), &[self.m, self.topk])?;
-        check_len("a1q", a1q.len(), &[self.e, self.t, self.k])?;
+        check_len("x", x.len(), &[d.m, d.k])?;
+        check_len("topk_ids", topk_ids.len(), &[d.m, d.topk])?;
+        check_len("a1q", a1q.len(), &[d.e, d.t, d.k])?;
         let sh = self.quant().scale_shape();
         a1s.check("a1s", self.fmt, sh.iter().product(), &sh)?;
-        check_len("counts", counts.len(), &[self.e])?;
-        Routing::new(topk_ids, self.m, self.topk, self.e, self.t)
+        check_len("counts", counts.len(), &[d.e])?;
+        d.route(topk_ids)
     }
 }
 
 /// Combine: weight each expert output by the router and sum per token (SPEC §5.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Finalize {
-    m: usize,
-    k: usize,
-    topk: usize,
-    e: usize,
-    t: usize,
+    dims: RoutingDims,
 }
 
 impl Finalize {
+    /// `K`, `topk`, `E` and `T` at least 1, any `M` (0 is an empty batch).
     pub fn new(m: usize, k: usize, topk: usize, experts: usize, capacity: usize) -> Result<Self> {
         at_least("expert_out", "K", k, 1)?;
-        at_least("topk_ids", "topk", topk, 1)?;
-        at_least("expert_out", "E", experts, 1)?;
-        at_least("expert_out", "T", capacity, 1)?;
-        product("out", &[m, k])?;
-        product("topk_ids", &[m, topk])?;
-        product("expert_out", &[experts, capacity, k])?;
-        Ok(Self {
-            m,
-            k,
-            topk,
-            e: experts,
-            t: capacity,
-        })
+        let dims = RoutingDims::new(m, k, topk, experts, capacity, "out", "expert_out")?;
+        Ok(Self { dims })
     }
-    pub fn tokens(&self) -> usize {
-        self.m
-    }
-    pub fn k(&self) -> usize {
-        self.k
-    }
-    pub fn topk(&self) -> usize {
-        self.topk
-    }
-    pub fn experts(&self) -> usize {
-        self.e
-    }
-    pub fn capacity(&self) -> usize {
-        self.t
+    /// The sizes `(M, K, topk, E, T)`.
+    pub fn dims(&self) -> &RoutingDims {
+        &self.dims
     }
     /// Validates the buffers and routes the tokens.
     pub fn check(&self, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &[bf16]) -> Result<Routing> {
-        check_len("expert_out", expert_out.len(), &[self.e, self.t, self.k])?;
-        check_len("topk_ids", topk_ids.len(), &[self.m, self.topk])?;
-        check_len("topk_weights", topk_weights.len(), &[self.m, self.topk])?;
-        check_len("out", out.len(), &[self.m, self.k])?;
-        Routing::new(topk_ids, self.m, self.topk, self.e, self.t)
+        let d = &self.dims;
+        check_len("expert_out", expert_out.len(), &[d.e, d.t, d.k])?;
+        check_len("topk_ids", topk_ids.len(), &[d.m, d.topk])?;
+        check_len("topk_weights", topk_weights.len(), &[d.m, d.topk])?;
+        check_len("out", out.len(), &[d.m, d.k])?;
+        d.route(topk_ids)
     }
 }
 
@@ -404,5 +407,33 @@ mod tests {
     fn routing_tokens_of_an_unknown_expert_panics_with_a_message() {
         let r = Routing::new(&[0, 1, 1, -1], 2, 2, 2, 2).unwrap();
         let _ = r.tokens(2);
+    }
+
+    #[test]
+    fn prepare_and_finalize_share_dims_and_name_their_own_tensors() {
+        let p = Prepare::new(5, 256, 2, 3, 4, ScaleFormat::F32).unwrap();
+        let f = Finalize::new(5, 256, 2, 3, 4).unwrap();
+        assert_eq!(p.dims(), f.dims());
+        let d = p.dims();
+        assert_eq!((d.tokens(), d.k(), d.topk(), d.experts(), d.capacity()), (5, 256, 2, 3, 4));
+        assert_eq!(p.quant().scale_shape(), [3, 2, 4]);
+        assert_eq!(d.route(&[0, 1, 2, -1, 0, 0, 1, 1, 2, 2]).unwrap().counts(), &[2, 2, 2]);
+        // The batch is `a1q` for prepare and `expert_out` for finalize.
+        assert!(matches!(
+            Prepare::new(5, 256, 2, 0, 4, ScaleFormat::F32),
+            Err(ProblemError::TooSmall {
+                tensor: "a1q",
+                dim: "E",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Finalize::new(5, 256, 2, 3, 0),
+            Err(ProblemError::TooSmall {
+                tensor: "expert_out",
+                dim: "T",
+                ..
+            })
+        ));
     }
 }
