@@ -2,8 +2,9 @@
 //!
 //! The contract of moe-fp8 (see `SPEC.md` in the shared notes and the project's `docs/`):
 //! number formats, activation scale formats and layouts, validated problem types for every
-//! operation of the FP8 block-quantized Mixture-of-Experts expert stage, the backend traits, and
-//! the typed errors.
+//! operation of the FP8 block-quantized Mixture-of-Experts expert stage, the backend traits, the
+//! typed errors, and the comparison metrics of the differential tests (`metrics`: `ulp_bf16`,
+//! `calc_diff`).
 //!
 //! What it promises: every problem type that exists is well-formed (its constructor checked every
 //! dimension), and every `check*` method rejects any buffer, count or id that a backend could
