@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use half::bf16;
 use moe_core::{
-    Activation, Backend, BatchedExperts, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize, GroupedGemm, Numerics, Prepare,
-    ScaleBuf, ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
+    Activation, Backend, BatchedExperts, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, Numerics,
+    Prepare, ScaleBuf, ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
 use moe_engine::rng::Rng;
 use moe_ref_cpu::CpuBackend;
@@ -128,7 +128,18 @@ fn grouped_gemm_matches_cpu_backend_with_f32_and_packed_scales() {
             ScaleFormat::Ue8m0Packed => ScaleBuf::Packed((0..e * t).map(|i| 0x7A7B_7C7D_i32.wrapping_add(i as i32 & 0x0101)).collect()),
         };
         let mut d = vec![bf16::ZERO; e * t * n];
-        CpuBackend::new().grouped_gemm(&p, &a, sa.view(), &b, &sb, &counts, &mut d).unwrap();
+        CpuBackend::new()
+            .grouped_gemm(
+                &p,
+                GemmInputs {
+                    a: &a,
+                    sa: sa.view(),
+                    b: WeightsRef { q: &b, s: &sb },
+                    counts: &counts,
+                },
+                &mut d,
+            )
+            .unwrap();
         let input = [
             f8_t("a", &[e, t, k], &a),
             scale_t("sa", &p.sa_shape(), &sa),

@@ -8,10 +8,10 @@ use half::bf16;
 
 use crate::error::MoeError;
 use crate::problem::{
-    Activation, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, SiluMulQuant, TokenGroupQuant, WeightsRef,
-    WorkspaceShapes,
+    Activation, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, SiluMulQuant, TokenGroupQuant, WorkspaceShapes,
 };
-use crate::scale::{ScaleBuf, Scales, ScalesMut};
+pub use crate::problem::{ExpertsInputs, GemmInputs};
+use crate::scale::{ScaleBuf, ScalesMut};
 
 /// Result of every backend entry point.
 pub type MoeResult<T> = Result<T, MoeError>;
@@ -44,38 +44,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()>;
 
     /// Masked grouped FP8 GEMM, live rows only (SPEC §5.3).
-    #[allow(clippy::too_many_arguments)]
-    fn grouped_gemm(
-        &self,
-        p: &GroupedGemm,
-        a: &[u8],
-        sa: Scales<'_>,
-        b: &[u8],
-        sb: &[f32],
-        counts: &[i32],
-        d: &mut [bf16],
-    ) -> MoeResult<()>;
+    fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()>;
 
     /// Dispatch and quantize (SPEC §5.5); writes `counts` and the live rows of `a1q`, `a1s`.
     fn prepare(&self, p: &Prepare, x: &[bf16], topk_ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, counts: &mut [i32]) -> MoeResult<()>;
 
     /// Weight and combine (SPEC §5.5).
     fn finalize(&self, p: &Finalize, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &mut [bf16]) -> MoeResult<()>;
-}
-
-/// The inputs of the batched experts stage.
-#[derive(Debug, Clone, Copy)]
-pub struct ExpertsInputs<'a> {
-    /// `(E, T, K)` E4M3 activations.
-    pub a1q: &'a [u8],
-    /// Their scales, MN-major `(E, K/128, T)` in the problem's scale format.
-    pub a1s: Scales<'a>,
-    /// `w1 (E, 2I, K)`: gate rows then up rows.
-    pub w1: WeightsRef<'a>,
-    /// `w2 (E, K, I)`.
-    pub w2: WeightsRef<'a>,
-    /// Live rows per expert.
-    pub counts: &'a [i32],
 }
 
 /// Host copies of the experts stage's intermediates, so that each stage can be checked on its own.
@@ -92,13 +67,25 @@ pub struct ExpertsWorkspace {
 impl ExpertsWorkspace {
     /// Zero-filled intermediates for `p`.
     pub fn new(p: &Experts) -> Self {
-        let (e, t, i) = (p.experts(), p.capacity(), p.i());
-        let sh = p.silu().scale_shape();
+        let [h1, q2, s2] = Self::lens(p);
         Self {
-            h1: vec![bf16::ZERO; e * t * 2 * i],
-            q2: vec![0; e * t * i],
-            s2: ScaleBuf::zeros(p.scale_format(), sh.iter().product()),
+            h1: vec![bf16::ZERO; h1],
+            q2: vec![0; q2],
+            s2: ScaleBuf::zeros(p.scale_format(), s2),
         }
+    }
+
+    /// The element counts of `h1`, `q2` and `s2` for `p` (the problem type bounds their products).
+    fn lens(p: &Experts) -> [usize; 3] {
+        let (e, t, i) = (p.experts(), p.capacity(), p.i());
+        [e * t * 2 * i, e * t * i, p.silu().scale_shape().iter().product()]
+    }
+
+    /// Whether these buffers have the lengths and the scale storage kind `p` needs, computed
+    /// from the shapes alone (nothing is allocated).
+    pub fn matches(&self, p: &Experts) -> bool {
+        let [h1, q2, s2] = Self::lens(p);
+        self.h1.len() == h1 && self.q2.len() == q2 && self.s2.len() == s2 && self.s2.view().is_packed() == p.scale_format().is_packed()
     }
 }
 
@@ -134,25 +121,48 @@ pub trait BatchedExperts: Backend {
     /// The intermediates are left in `ws`. The provided implementation runs the three stages
     /// through the [`Backend`] methods; device backends override it to keep data resident.
     fn apply(&self, p: &Experts, inputs: ExpertsInputs<'_>, ws: &mut ExpertsWorkspace, out: &mut [bf16]) -> MoeResult<()> {
-        p.check(inputs.a1q, &inputs.a1s, &inputs.w1, &inputs.w2, inputs.counts, out)?;
-        let fresh = ExpertsWorkspace::new(p);
-        if ws.h1.len() != fresh.h1.len()
-            || ws.q2.len() != fresh.q2.len()
-            || ws.s2.len() != fresh.s2.len()
-            || ws.s2.view().is_packed() != fresh.s2.view().is_packed()
-        {
-            *ws = fresh;
+        p.check(&inputs, out)?;
+        // Reallocate only a workspace of the wrong shape; a matching one is reused as it is.
+        if !ws.matches(p) {
+            *ws = ExpertsWorkspace::new(p);
         }
-        self.grouped_gemm(
-            &p.gemm1(),
-            inputs.a1q,
-            inputs.a1s,
-            inputs.w1.q,
-            inputs.w1.s,
-            inputs.counts,
-            &mut ws.h1,
-        )?;
+        let g1 = GemmInputs {
+            a: inputs.a1q,
+            sa: inputs.a1s,
+            b: inputs.w1,
+            counts: inputs.counts,
+        };
+        self.grouped_gemm(&p.gemm1(), g1, &mut ws.h1)?;
         self.silu_mul_quant(&p.silu(), &ws.h1, inputs.counts, &mut ws.q2, ws.s2.view_mut())?;
-        self.grouped_gemm(&p.gemm2(), &ws.q2, ws.s2.view(), inputs.w2.q, inputs.w2.s, inputs.counts, out)
+        let g2 = GemmInputs {
+            a: &ws.q2,
+            sa: ws.s2.view(),
+            b: inputs.w2,
+            counts: inputs.counts,
+        };
+        self.grouped_gemm(&p.gemm2(), g2, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Numerics, ScaleFormat};
+
+    #[test]
+    fn workspace_matches_compares_shapes_and_scale_kind_without_allocating() {
+        let p = Experts::new(2, 3, 256, 128, ScaleFormat::F32, Numerics::VllmBf16).unwrap();
+        let ws = ExpertsWorkspace::new(&p);
+        assert!(ws.matches(&p));
+        assert_eq!((ws.h1.len(), ws.q2.len(), ws.s2.len()), (2 * 3 * 256, 2 * 3 * 128, 2 * 3));
+        // Another capacity, another intermediate size, another scale storage.
+        assert!(!ws.matches(&Experts::new(2, 4, 256, 128, ScaleFormat::F32, Numerics::VllmBf16).unwrap()));
+        assert!(!ws.matches(&Experts::new(2, 3, 256, 256, ScaleFormat::F32, Numerics::VllmBf16).unwrap()));
+        // One group per row: packed scales have as many words as f32 scales have values.
+        let packed = Experts::new(2, 3, 256, 128, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
+        assert_eq!(ExpertsWorkspace::new(&packed).s2.len(), ws.s2.len());
+        assert!(!ws.matches(&packed));
+        // The ceil format stores f32 like the plain one.
+        assert!(ws.matches(&Experts::new(2, 3, 256, 128, ScaleFormat::F32CeilUe8m0, Numerics::F32).unwrap()));
     }
 }

@@ -15,62 +15,107 @@ pub enum ProblemError {
     /// A dimension has the wrong size.
     #[error("tensor `{tensor}`: dimension `{dim}` is {got}, expected {expected}")]
     Dim {
+        /// The tensor.
         tensor: &'static str,
+        /// The dimension's name (`E`, `T`, `K`, `rank`, ...).
         dim: &'static str,
+        /// The size the problem needs.
         expected: usize,
+        /// The size given.
         got: usize,
     },
     /// A dimension must be a multiple of some block size (128 for `K`, `I`, `H`, `N`).
     #[error("tensor `{tensor}`: dimension `{dim}` = {got} is not a multiple of {multiple}")]
     NotMultiple {
+        /// The tensor.
         tensor: &'static str,
+        /// The dimension's name.
         dim: &'static str,
+        /// The size given.
         got: usize,
+        /// The block size it must be a multiple of.
         multiple: usize,
     },
     /// A dimension must be at least some value (e.g. `T >= 1`).
     #[error("tensor `{tensor}`: dimension `{dim}` = {got} is below the minimum {min}")]
     TooSmall {
+        /// The tensor.
         tensor: &'static str,
+        /// The dimension's name.
         dim: &'static str,
+        /// The size given.
         got: usize,
+        /// The smallest size allowed.
         min: usize,
     },
     /// The total element count overflows `usize`, or exceeds what a backend can address.
     #[error("tensor `{tensor}`: {elements} elements is too large")]
-    TooLarge { tensor: &'static str, elements: u128 },
+    TooLarge {
+        /// The tensor.
+        tensor: &'static str,
+        /// Its element count (the exact product of its dimensions).
+        elements: u128,
+    },
     /// A buffer has the wrong number of elements for the problem's shape.
     #[error("tensor `{tensor}`: buffer holds {got} elements, the shape {shape} needs {expected}")]
     Len {
+        /// The tensor.
         tensor: &'static str,
+        /// The shape it should have, written `(a, b, c)`.
         shape: String,
+        /// The element count of that shape.
         expected: usize,
+        /// The buffer's element count.
         got: usize,
     },
     /// A scale buffer is in the wrong format (f32 where packed i32 was expected, or the reverse).
     #[error("tensor `{tensor}`: scales are {got}, this problem expects {expected}")]
     ScaleKind {
+        /// The scale tensor.
         tensor: &'static str,
+        /// The storage the problem's scale format needs.
         expected: &'static str,
+        /// The storage given.
         got: &'static str,
     },
     /// `counts[expert]` is outside `[0, T]`.
     #[error("tensor `counts`: counts[{expert}] = {count} is outside [0, {capacity}]")]
-    Count { expert: usize, count: i64, capacity: usize },
+    Count {
+        /// The expert.
+        expert: usize,
+        /// Its count.
+        count: i64,
+        /// The capacity `T`.
+        capacity: usize,
+    },
     /// A `topk_ids` entry is outside `[-1, E)`.
     #[error("tensor `topk_ids`: topk_ids[{token}, {slot}] = {id} is outside [-1, {experts})")]
     TopkId {
+        /// The token (row of `topk_ids`).
         token: usize,
+        /// The slot (column of `topk_ids`).
         slot: usize,
+        /// The id found there.
         id: i64,
+        /// The number of experts `E`.
         experts: usize,
     },
     /// More tokens were routed to one expert than its capacity `T` (prepare never drops tokens).
     #[error("tensor `topk_ids`: expert {expert} receives {count} tokens, more than the capacity T = {capacity}")]
-    Overflow { expert: usize, count: usize, capacity: usize },
+    Overflow {
+        /// The first expert, in token order, to receive more than `T` tokens.
+        expert: usize,
+        /// How many tokens list it in all.
+        count: usize,
+        /// The capacity `T`.
+        capacity: usize,
+    },
     /// The requested combination is not supported by this operation or backend.
     #[error("unsupported: {what}")]
-    Unsupported { what: String },
+    Unsupported {
+        /// What is not supported.
+        what: String,
+    },
 }
 
 impl ProblemError {
@@ -96,16 +141,34 @@ impl ProblemError {
 pub enum DeviceError {
     /// No driver library, or no device of the required kind.
     #[error("no usable device: {reason}")]
-    NoDevice { reason: String },
+    NoDevice {
+        /// Why no device could be used.
+        reason: String,
+    },
     /// The device ran out of memory while running `op`.
     #[error("{op}: out of device memory ({detail})")]
-    OutOfMemory { op: &'static str, detail: String },
+    OutOfMemory {
+        /// The operation that ran out of memory.
+        op: &'static str,
+        /// The driver's message.
+        detail: String,
+    },
     /// A driver call failed while running `op`.
     #[error("{op}: driver error: {detail}")]
-    Driver { op: &'static str, detail: String },
+    Driver {
+        /// The operation the call belonged to.
+        op: &'static str,
+        /// The driver's message.
+        detail: String,
+    },
     /// A kernel failed to compile; `log` is the compiler's log.
     #[error("kernel `{kernel}` failed to compile:\n{log}")]
-    Compile { kernel: String, log: String },
+    Compile {
+        /// The kernel's name.
+        kernel: String,
+        /// The compiler's log.
+        log: String,
+    },
 }
 
 /// The error of every backend entry point.

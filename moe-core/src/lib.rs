@@ -2,8 +2,9 @@
 //!
 //! The contract of moe-fp8 (see `SPEC.md` in the shared notes and the project's `docs/`):
 //! number formats, activation scale formats and layouts, validated problem types for every
-//! operation of the FP8 block-quantized Mixture-of-Experts expert stage, the backend traits, and
-//! the typed errors.
+//! operation of the FP8 block-quantized Mixture-of-Experts expert stage, the backend traits, the
+//! typed errors, and the comparison metrics of the differential tests (`metrics`: `ulp_bf16`,
+//! `calc_diff`).
 //!
 //! What it promises: every problem type that exists is well-formed (its constructor checked every
 //! dimension), and every `check*` method rejects any buffer, count or id that a backend could
@@ -21,17 +22,17 @@
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
-#![allow(missing_docs)] // getters of the problem types are self-describing
 
 pub mod backend;
 pub mod error;
 pub mod format;
 pub mod math;
 pub mod meta;
+pub mod metrics;
 pub mod problem;
 pub mod scale;
 
-pub use backend::{Backend, BatchedExperts, Capabilities, ExpertsInputs, ExpertsWorkspace, MoeResult};
+pub use backend::{Backend, BatchedExperts, Capabilities, ExpertsInputs, ExpertsWorkspace, GemmInputs, MoeResult};
 pub use error::{DeviceError, MoeError, ProblemError};
 pub use format::{
     bf16_from_f32, bf16_out, ceil_pow2, e4m3_from_f32, e4m3_from_f32_reference, e4m3_to_f32, e5m2_from_f32, e5m2_to_f32, round_bf16,
@@ -40,8 +41,9 @@ pub use format::{
 pub use half::bf16;
 pub use math::{exp_f32, silu_f32, vllm_ceil_pow2_bf16};
 pub use meta::{estimate_expected_m, moe_problem_size, MoeProblemSize};
+pub use metrics::{calc_diff, calc_diff_bf16, ulp_bf16};
 pub use problem::{
     check_counts, check_len, clamp_count, Activation, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, Routing,
-    SiluMulQuant, TokenGroupQuant, WeightsRef, WorkspaceShapes,
+    RoutingDims, SiluMulQuant, TokenGroupQuant, WeightsRef, WorkspaceShapes,
 };
-pub use scale::{Numerics, ScaleBuf, ScaleFormat, ScaleLayout, Scales, ScalesMut, GROUP};
+pub use scale::{ue8m0_word_get, ue8m0_word_set, ue8m0_word_slot, Numerics, ScaleBuf, ScaleFormat, ScaleLayout, Scales, ScalesMut, GROUP};

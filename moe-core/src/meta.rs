@@ -34,6 +34,9 @@ pub struct MoeProblemSize {
 
 /// Derives `(E, M, N, K, topk)` from the shapes of `a1 (E, T, K)`, `w1 (E, 2I, K)`,
 /// `w2 (E, K, I)` and `topk_ids (M, topk)`, checking that they agree.
+///
+/// Any dimension may be as large as `usize::MAX`: disagreement is always an error, never an
+/// overflow.
 pub fn moe_problem_size(a1: &[usize], w1: &[usize], w2: &[usize], topk_ids: &[usize]) -> Result<MoeProblemSize, ProblemError> {
     fn rank(tensor: &'static str, s: &[usize], r: usize) -> Result<(), ProblemError> {
         if s.len() != r {
@@ -66,11 +69,21 @@ pub fn moe_problem_size(a1: &[usize], w1: &[usize], w2: &[usize], topk_ids: &[us
     eq("w1", "K", w1[2], k)?;
     eq("w2", "E", w2[0], e)?;
     eq("w2", "K", w2[1], k)?;
-    eq("w2", "I", w2[2] * 2, w1[1])?;
+    // `w1` holds `2I` rows; compare `I` by halving (no multiplication that could overflow).
+    let n = w1[1];
+    if n % 2 != 0 {
+        return Err(ProblemError::NotMultiple {
+            tensor: "w1",
+            dim: "2I",
+            got: n,
+            multiple: 2,
+        });
+    }
+    eq("w2", "I", w2[2], n / 2)?;
     Ok(MoeProblemSize {
         e,
         m,
-        n: w1[1],
+        n,
         k,
         topk: topk_ids[1],
     })
@@ -104,13 +117,41 @@ mod tests {
             }
         );
         let e = moe_problem_size(&[8, 64, 7168], &[8, 4096, 7168], &[8, 7168, 1024], &[100, 8]).unwrap_err();
-        assert!(matches!(
+        assert_eq!(
             e,
             ProblemError::Dim {
                 tensor: "w2",
                 dim: "I",
-                ..
+                expected: 2048,
+                got: 1024
             }
-        ));
+        );
+    }
+
+    #[test]
+    fn problem_size_with_huge_w2_is_an_error_not_an_overflow() {
+        // `2 · usize::MAX` wraps to `usize::MAX - 1`: it must not match w1's rows (nor panic).
+        let e = moe_problem_size(&[8, 64, 7168], &[8, usize::MAX - 1, 7168], &[8, 7168, usize::MAX], &[100, 8]).unwrap_err();
+        assert_eq!(
+            e,
+            ProblemError::Dim {
+                tensor: "w2",
+                dim: "I",
+                expected: usize::MAX / 2,
+                got: usize::MAX
+            }
+        );
+        let e = moe_problem_size(&[8, 64, 7168], &[8, 4095, 7168], &[8, 7168, 2048], &[100, 8]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ProblemError::NotMultiple {
+                    tensor: "w1",
+                    dim: "2I",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }

@@ -117,6 +117,35 @@ impl ScaleLayout {
     }
 }
 
+/// Where group `g` lives in packed UE8M0 storage: word column `g / 4`, byte `g % 4` (SPEC §3).
+#[inline]
+pub fn ue8m0_word_slot(g: usize) -> (usize, usize) {
+    (g / 4, g % 4)
+}
+
+/// Byte `k` (little-endian, `0..4`) of a packed UE8M0 word: the code of group `4p + k` of word `p`.
+///
+/// # Panics
+/// If `k >= 4`.
+#[inline]
+pub fn ue8m0_word_get(word: i32, k: usize) -> u8 {
+    assert!(k < 4, "ue8m0_word_get: byte {k} of a 4-byte word");
+    (word as u32 >> (8 * k)) as u8
+}
+
+/// `word` with byte `k` (little-endian, `0..4`) replaced by `code`; the other bytes are kept.
+///
+/// Writers start from a zero word, so the bytes of groups past the last one stay 0.
+///
+/// # Panics
+/// If `k >= 4`.
+#[inline]
+pub fn ue8m0_word_set(word: i32, k: usize, code: u8) -> i32 {
+    assert!(k < 4, "ue8m0_word_set: byte {k} of a 4-byte word");
+    let shift = 8 * k;
+    ((word as u32 & !(0xFF << shift)) | ((code as u32) << shift)) as i32
+}
+
 /// Read-only activation scales: f32 values or packed UE8M0 words.
 #[derive(Debug, Clone, Copy)]
 pub enum Scales<'a> {
@@ -183,9 +212,22 @@ impl<'a> Scales<'a> {
         match self {
             Scales::F32(s) => s[g * rows + row],
             Scales::Packed(w) => {
-                let word = w[(g / 4) * rows + row] as u32;
-                ue8m0_to_f32((word >> (8 * (g % 4))) as u8)
+                let (col, k) = ue8m0_word_slot(g);
+                ue8m0_to_f32(ue8m0_word_get(w[col * rows + row], k))
             }
+        }
+    }
+
+    /// The scales of expert `e` when every expert holds `per_expert` stored elements
+    /// (`cols · T` for the MN-major `(E, cols, T)` activation scales).
+    ///
+    /// # Panics
+    /// If expert `e` lies past the end of the buffer (a validated problem never asks for one).
+    #[inline]
+    pub fn expert(&self, e: usize, per_expert: usize) -> Scales<'a> {
+        match *self {
+            Scales::F32(s) => Scales::F32(&s[e * per_expert..(e + 1) * per_expert]),
+            Scales::Packed(s) => Scales::Packed(&s[e * per_expert..(e + 1) * per_expert]),
         }
     }
 }
@@ -227,6 +269,35 @@ impl<'a> ScalesMut<'a> {
         match self {
             ScalesMut::F32(s) => Scales::F32(s),
             ScalesMut::Packed(s) => Scales::Packed(s),
+        }
+    }
+
+    /// The writable scales of expert `e` when every expert holds `per_expert` stored elements
+    /// (`cols · T` for the MN-major `(E, cols, T)` activation scales).
+    ///
+    /// # Panics
+    /// If expert `e` lies past the end of the buffer (a validated problem never asks for one).
+    #[inline]
+    pub fn expert_mut(&mut self, e: usize, per_expert: usize) -> ScalesMut<'_> {
+        match self {
+            ScalesMut::F32(s) => ScalesMut::F32(&mut s[e * per_expert..(e + 1) * per_expert]),
+            ScalesMut::Packed(s) => ScalesMut::Packed(&mut s[e * per_expert..(e + 1) * per_expert]),
+        }
+    }
+
+    /// Stores the scale `sc` of group `g` of row `row` of a `(rows, groups)` matrix in `layout`:
+    /// the f32 value, or its UE8M0 code (`ue8m0_from_pow2`) in byte `g % 4` of its word.
+    ///
+    /// Packed bytes past the last group are not touched: the caller zeroes the words first.
+    #[inline]
+    pub fn store(&mut self, layout: ScaleLayout, rows: usize, groups: usize, row: usize, g: usize, sc: f32) {
+        match self {
+            ScalesMut::F32(v) => v[layout.index(rows, groups, row, g)] = sc,
+            ScalesMut::Packed(w) => {
+                let (col, k) = ue8m0_word_slot(g);
+                let i = layout.index(rows, groups.div_ceil(4), row, col);
+                w[i] = ue8m0_word_set(w[i], k, ue8m0_from_pow2(sc));
+            }
         }
     }
 }
@@ -302,52 +373,79 @@ fn check_kind_len(
     Ok(())
 }
 
+/// Checks that `src` holds the `rows × cols` elements of a matrix: the product is checked
+/// ([`ProblemError::TooLarge`] when it overflows), the length must equal it ([`ProblemError::Len`]).
+fn check_matrix(tensor: &'static str, len: usize, rows: usize, cols: usize) -> Result<usize, ProblemError> {
+    let n = rows.checked_mul(cols).ok_or(ProblemError::TooLarge {
+        tensor,
+        elements: rows as u128 * cols as u128,
+    })?;
+    crate::problem::check_len(tensor, len, &[rows, cols])?;
+    Ok(n)
+}
+
 /// Transposes a `(rows, cols)` matrix between row-major and MN-major storage.
-pub fn convert_layout<T: Copy>(src: &[T], rows: usize, cols: usize, from: ScaleLayout, to: ScaleLayout) -> Vec<T> {
-    assert_eq!(src.len(), rows * cols, "convert_layout: length");
+///
+/// # Errors
+/// [`ProblemError::Len`] naming `src` when `src.len() != rows · cols`, and
+/// [`ProblemError::TooLarge`] when `rows · cols` overflows.
+pub fn convert_layout<T: Copy>(src: &[T], rows: usize, cols: usize, from: ScaleLayout, to: ScaleLayout) -> Result<Vec<T>, ProblemError> {
+    let n = check_matrix("src", src.len(), rows, cols)?;
     if from == to {
-        return src.to_vec();
+        return Ok(src.to_vec());
     }
-    let mut out = Vec::with_capacity(src.len());
-    for i in 0..rows * cols {
-        // Destination index i in `to`; find (row, col).
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // Destination index i in `to`; find (row, col). `n > 0` here, so rows, cols >= 1.
         let (row, col) = match to {
-            ScaleLayout::RowMajor => (i / cols.max(1), i % cols.max(1)),
-            ScaleLayout::MnMajor => (i % rows.max(1), i / rows.max(1)),
+            ScaleLayout::RowMajor => (i / cols, i % cols),
+            ScaleLayout::MnMajor => (i % rows, i / rows),
         };
         out.push(src[from.index(rows, cols, row, col)]);
     }
-    out
+    Ok(out)
 }
 
 /// Packs power-of-two f32 scales of a `(rows, groups)` matrix into UE8M0 words (`ceil(groups/4)`
 /// per row), keeping the layout; bytes of groups `>= groups` in the last word are 0.
-pub fn pack_ue8m0(src: &[f32], rows: usize, groups: usize, layout: ScaleLayout) -> Vec<i32> {
-    assert_eq!(src.len(), rows * groups, "pack_ue8m0: length");
+///
+/// # Errors
+/// [`ProblemError::Len`] naming `src` when `src.len() != rows · groups`, and
+/// [`ProblemError::TooLarge`] when that product overflows.
+pub fn pack_ue8m0(src: &[f32], rows: usize, groups: usize, layout: ScaleLayout) -> Result<Vec<i32>, ProblemError> {
+    check_matrix("src", src.len(), rows, groups)?;
     let words = groups.div_ceil(4);
     let mut out = vec![0i32; rows * words];
     for row in 0..rows {
         for g in 0..groups {
-            let byte = ue8m0_from_pow2(src[layout.index(rows, groups, row, g)]) as u32;
-            let w = &mut out[layout.index(rows, words, row, g / 4)];
-            *w = (*w as u32 | (byte << (8 * (g % 4)))) as i32;
+            let (col, k) = ue8m0_word_slot(g);
+            let w = &mut out[layout.index(rows, words, row, col)];
+            *w = ue8m0_word_set(*w, k, ue8m0_from_pow2(src[layout.index(rows, groups, row, g)]));
         }
     }
-    out
+    Ok(out)
 }
 
 /// Unpacks UE8M0 words of a `(rows, groups)` matrix to f32 scales, keeping the layout.
-pub fn unpack_ue8m0(src: &[i32], rows: usize, groups: usize, layout: ScaleLayout) -> Vec<f32> {
+///
+/// # Errors
+/// [`ProblemError::Len`] naming `src` when `src.len() != rows · ceil(groups/4)`, and
+/// [`ProblemError::TooLarge`] when `rows · groups` overflows.
+pub fn unpack_ue8m0(src: &[i32], rows: usize, groups: usize, layout: ScaleLayout) -> Result<Vec<f32>, ProblemError> {
     let words = groups.div_ceil(4);
-    assert_eq!(src.len(), rows * words, "unpack_ue8m0: length");
-    let mut out = vec![0f32; rows * groups];
+    check_matrix("src", src.len(), rows, words)?;
+    let n = rows.checked_mul(groups).ok_or(ProblemError::TooLarge {
+        tensor: "src",
+        elements: rows as u128 * groups as u128,
+    })?;
+    let mut out = vec![0f32; n];
     for row in 0..rows {
         for g in 0..groups {
-            let w = src[layout.index(rows, words, row, g / 4)] as u32;
-            out[layout.index(rows, groups, row, g)] = ue8m0_to_f32((w >> (8 * (g % 4))) as u8);
+            let (col, k) = ue8m0_word_slot(g);
+            out[layout.index(rows, groups, row, g)] = ue8m0_to_f32(ue8m0_word_get(src[layout.index(rows, words, row, col)], k));
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -359,9 +457,12 @@ mod tests {
         let rows = 3;
         let cols = 5;
         let src: Vec<u32> = (0..15).collect();
-        let mn = convert_layout(&src, rows, cols, ScaleLayout::RowMajor, ScaleLayout::MnMajor);
+        let mn = convert_layout(&src, rows, cols, ScaleLayout::RowMajor, ScaleLayout::MnMajor).unwrap();
         assert_eq!(mn[ScaleLayout::MnMajor.index(rows, cols, 2, 4)], src[2 * cols + 4]);
-        assert_eq!(convert_layout(&mn, rows, cols, ScaleLayout::MnMajor, ScaleLayout::RowMajor), src);
+        assert_eq!(
+            convert_layout(&mn, rows, cols, ScaleLayout::MnMajor, ScaleLayout::RowMajor).unwrap(),
+            src
+        );
     }
 
     #[test]
@@ -370,13 +471,13 @@ mod tests {
         let groups = 5;
         let src: Vec<f32> = (0..10).map(|i| 2f32.powi(i - 3)).collect();
         for layout in [ScaleLayout::RowMajor, ScaleLayout::MnMajor] {
-            let packed = pack_ue8m0(&src, rows, groups, layout);
+            let packed = pack_ue8m0(&src, rows, groups, layout).unwrap();
             assert_eq!(packed.len(), 4);
             let r1w1 = packed[layout.index(rows, 2, 1, 1)] as u32;
             let g4 = src[layout.index(rows, groups, 1, 4)];
             assert_eq!(r1w1 & 0xFF, ue8m0_from_pow2(g4) as u32);
             assert_eq!(r1w1 >> 8, 0, "bytes past the last group are zero");
-            assert_eq!(unpack_ue8m0(&packed, rows, groups, layout), src);
+            assert_eq!(unpack_ue8m0(&packed, rows, groups, layout).unwrap(), src);
         }
     }
 
@@ -385,12 +486,74 @@ mod tests {
         let rows = 3;
         let groups = 6;
         let src: Vec<f32> = (0..18).map(|i| 2f32.powi(i % 7 - 2)).collect();
-        let packed = pack_ue8m0(&src, rows, groups, ScaleLayout::MnMajor);
+        let packed = pack_ue8m0(&src, rows, groups, ScaleLayout::MnMajor).unwrap();
         let view = Scales::Packed(&packed);
         for row in 0..rows {
             for g in 0..groups {
                 assert_eq!(view.get_mn(rows, row, g), src[g * rows + row]);
             }
         }
+    }
+
+    #[test]
+    fn conversions_reject_wrong_lengths_and_overflowing_shapes() {
+        #[track_caller]
+        fn is_len_error<T: std::fmt::Debug>(r: Result<T, ProblemError>, tensor: &str, expected: usize, got: usize) {
+            match r {
+                Err(ProblemError::Len {
+                    tensor: t,
+                    expected: e,
+                    got: g,
+                    ..
+                }) => assert_eq!((t, e, g), (tensor, expected, got)),
+                other => panic!("expected a length error, got {other:?}"),
+            }
+        }
+        let rm = ScaleLayout::RowMajor;
+        is_len_error(convert_layout(&[0u8; 5], 2, 3, rm, ScaleLayout::MnMajor), "src", 6, 5);
+        is_len_error(convert_layout(&[0u8; 7], 2, 3, rm, rm), "src", 6, 7);
+        is_len_error(pack_ue8m0(&[1.0; 9], 2, 5, rm), "src", 10, 9);
+        is_len_error(unpack_ue8m0(&[0; 3], 2, 5, rm), "src", 4, 3);
+        // A product that overflows is too large, even for a zero-sized element type.
+        let unit = vec![(); usize::MAX];
+        assert!(matches!(
+            convert_layout(&unit, usize::MAX, 3, rm, ScaleLayout::MnMajor),
+            Err(ProblemError::TooLarge { tensor: "src", .. })
+        ));
+        assert!(matches!(
+            pack_ue8m0(&[], usize::MAX, 2, rm),
+            Err(ProblemError::TooLarge { tensor: "src", .. })
+        ));
+        // Empty matrices convert to empty matrices.
+        assert_eq!(convert_layout::<u8>(&[], 0, 3, rm, ScaleLayout::MnMajor), Ok(vec![]));
+    }
+
+    #[test]
+    fn packed_word_codec_reads_and_replaces_one_byte() {
+        let w = ue8m0_word_set(ue8m0_word_set(0, 0, 0x7F), 3, 0x81);
+        assert_eq!(w as u32, 0x8100_007F);
+        assert_eq!([0, 1, 2, 3].map(|k| ue8m0_word_get(w, k)), [0x7F, 0, 0, 0x81]);
+        // Replacing, not ORing: a stale byte is overwritten.
+        assert_eq!(ue8m0_word_get(ue8m0_word_set(w, 0, 0x01), 0), 0x01);
+        assert_eq!(ue8m0_word_slot(9), (2, 1));
+    }
+
+    #[test]
+    fn expert_views_select_one_experts_elements() {
+        let f: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let Scales::F32(v) = Scales::F32(&f).expert(2, 4) else {
+            panic!("kind")
+        };
+        assert_eq!(v, &[8.0, 9.0, 10.0, 11.0]);
+        // Two experts of (3 rows, 6 groups) MN-major packed scales: 2 word columns × 3 rows each.
+        let mut w = vec![0i32; 12];
+        let mut sm = ScalesMut::Packed(&mut w);
+        let mut e1 = sm.expert_mut(1, 6);
+        // Group 5 of row 1 in a (3 rows, 6 groups) MN-major matrix: word column 1, byte 1.
+        e1.store(ScaleLayout::MnMajor, 3, 6, 1, 5, 2.0);
+        assert_eq!(e1.as_scales().get_mn(3, 1, 5), 2.0);
+        let mut want = [0i32; 12];
+        want[6 + 3 + 1] = 128 << 8;
+        assert_eq!(w, want);
     }
 }

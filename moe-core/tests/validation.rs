@@ -76,21 +76,41 @@ fn buffer_lengths_and_scale_kinds_are_checked_per_tensor() {
     let sb = vec![0f32; 2 * 2 * 2];
     let d = vec![bf16::ZERO; 2 * 3 * 256];
     let counts = [3, 0];
-    assert!(p.check(&a, &Scales::F32(&sa), &b, &sb, &counts, &d).is_ok());
+    let gi = |a: &[u8], sa: Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32], d: &[bf16]| {
+        let inputs = GemmInputs {
+            a,
+            sa,
+            b: WeightsRef { q: b, s: sb },
+            counts,
+        };
+        // The inputs are checked alike with and without an output buffer.
+        if let Err(e) = p.check_inputs(&inputs) {
+            assert_eq!(p.check(&inputs, d), Err(e.clone()));
+            return Err(e);
+        }
+        p.check(&inputs, d)
+    };
+    assert!(gi(&a, Scales::F32(&sa), &b, &sb, &counts, &d).is_ok());
     let tensor = |r: Result<(), ProblemError>| r.unwrap_err().tensor().to_string();
-    assert_eq!(tensor(p.check(&a[1..], &Scales::F32(&sa), &b, &sb, &counts, &d)), "a");
-    assert_eq!(tensor(p.check(&a, &Scales::F32(&sa[1..]), &b, &sb, &counts, &d)), "sa");
-    assert_eq!(tensor(p.check(&a, &Scales::Packed(&[0; 6]), &b, &sb, &counts, &d)), "sa");
-    assert_eq!(tensor(p.check(&a, &Scales::F32(&sa), &b[1..], &sb, &counts, &d)), "b");
-    assert_eq!(tensor(p.check(&a, &Scales::F32(&sa), &b, &sb[1..], &counts, &d)), "sb");
-    assert_eq!(tensor(p.check(&a, &Scales::F32(&sa), &b, &sb, &[3], &d)), "counts");
-    assert_eq!(tensor(p.check(&a, &Scales::F32(&sa), &b, &sb, &[4, 0], &d)), "counts");
-    assert_eq!(tensor(p.check(&a, &Scales::F32(&sa), &b, &sb, &[0, -1], &d)), "counts");
-    assert_eq!(tensor(p.check(&a, &Scales::F32(&sa), &b, &sb, &counts, &d[1..])), "d");
+    assert_eq!(tensor(gi(&a[1..], Scales::F32(&sa), &b, &sb, &counts, &d)), "a");
+    assert_eq!(tensor(gi(&a, Scales::F32(&sa[1..]), &b, &sb, &counts, &d)), "sa");
+    assert_eq!(tensor(gi(&a, Scales::Packed(&[0; 6]), &b, &sb, &counts, &d)), "sa");
+    assert_eq!(tensor(gi(&a, Scales::F32(&sa), &b[1..], &sb, &counts, &d)), "b");
+    assert_eq!(tensor(gi(&a, Scales::F32(&sa), &b, &sb[1..], &counts, &d)), "sb");
+    assert_eq!(tensor(gi(&a, Scales::F32(&sa), &b, &sb, &[3], &d)), "counts");
+    assert_eq!(tensor(gi(&a, Scales::F32(&sa), &b, &sb, &[4, 0], &d)), "counts");
+    assert_eq!(tensor(gi(&a, Scales::F32(&sa), &b, &sb, &[0, -1], &d)), "counts");
+    assert_eq!(tensor(gi(&a, Scales::F32(&sa), &b, &sb, &counts, &d[1..])), "d");
     // Packed activation scales: (E, ceil(G/4), T) words.
     let pp = GroupedGemm::new(2, 3, 256, 256, ScaleFormat::Ue8m0Packed).unwrap();
     assert_eq!(pp.sa_shape(), [2, 1, 3]);
-    assert!(pp.check(&a, &Scales::Packed(&[0; 6]), &b, &sb, &counts, &d).is_ok());
+    let packed = GemmInputs {
+        a: &a,
+        sa: Scales::Packed(&[0; 6]),
+        b: WeightsRef { q: &b, s: &sb },
+        counts: &counts,
+    };
+    assert!(pp.check(&packed, &d).is_ok());
 }
 
 #[test]
@@ -104,20 +124,39 @@ fn experts_check_names_each_weight_tensor() {
     let w2s = vec![1f32; 2 * 2];
     let out = vec![bf16::ZERO; 2 * 4 * 256];
     let ok = |w1: &[u8], w1s: &[f32], w2: &[u8], w2s: &[f32]| {
-        p.check(
-            &a1q,
-            &Scales::F32(&a1s),
-            &WeightsRef { q: w1, s: w1s },
-            &WeightsRef { q: w2, s: w2s },
-            &[4, 1],
-            &out,
-        )
+        let inputs = ExpertsInputs {
+            a1q: &a1q,
+            a1s: Scales::F32(&a1s),
+            w1: WeightsRef { q: w1, s: w1s },
+            w2: WeightsRef { q: w2, s: w2s },
+            counts: &[4, 1],
+        };
+        // The inputs are checked alike with and without an output buffer.
+        let without_out = p.check_inputs(&inputs);
+        assert_eq!(p.check(&inputs, &out), without_out);
+        without_out
     };
     assert!(ok(&w1, &w1s, &w2, &w2s).is_ok());
     assert_eq!(ok(&w1[1..], &w1s, &w2, &w2s).unwrap_err().tensor(), "w1");
     assert_eq!(ok(&w1, &w1s[1..], &w2, &w2s).unwrap_err().tensor(), "w1s");
     assert_eq!(ok(&w1, &w1s, &w2[1..], &w2s).unwrap_err().tensor(), "w2");
     assert_eq!(ok(&w1, &w1s, &w2, &w2s[1..]).unwrap_err().tensor(), "w2s");
+    let good = ExpertsInputs {
+        a1q: &a1q,
+        a1s: Scales::F32(&a1s),
+        w1: WeightsRef { q: &w1, s: &w1s },
+        w2: WeightsRef { q: &w2, s: &w2s },
+        counts: &[4, 1],
+    };
+    assert_eq!(p.check(&good, &out[1..]).unwrap_err().tensor(), "out");
+    assert_eq!(
+        p.check_inputs(&ExpertsInputs { counts: &[5, 0], ..good }),
+        Err(ProblemError::Count {
+            expert: 0,
+            count: 5,
+            capacity: 4
+        })
+    );
 }
 
 #[test]

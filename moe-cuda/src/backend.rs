@@ -14,7 +14,8 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Capabilities, DeviceError, Experts, ExpertsInputs,
-    ExpertsWorkspace, Finalize, GroupedGemm, MoeResult, Prepare, ScaleLayout, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant,
+    ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, MoeResult, Prepare, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant,
+    WeightsRef,
 };
 
 use crate::device::{driver_err, Device};
@@ -101,20 +102,15 @@ impl CudaBackend {
     /// The GEMM with the diagnostic variant `chain = false` (each k32 tensor-core partial from
     /// zero, summed in f32) selectable; the trait method uses `chain = true` (SPEC §5.3).
     #[doc(hidden)]
-    #[allow(clippy::too_many_arguments)]
-    pub fn grouped_gemm_variant(
-        &self,
-        p: &GroupedGemm,
-        a: &[u8],
-        sa: Scales<'_>,
-        b: &[u8],
-        sb: &[f32],
-        counts: &[i32],
-        d: &mut [bf16],
-        chain: bool,
-    ) -> MoeResult<()> {
+    pub fn grouped_gemm_variant(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], chain: bool) -> MoeResult<()> {
         const OP: &str = "grouped gemm";
-        p.check(a, &sa, b, sb, counts, d)?;
+        p.check(&inputs, d)?;
+        let GemmInputs {
+            a,
+            sa,
+            b: WeightsRef { q: b, s: sb },
+            counts,
+        } = inputs;
         let (e, t, n, k) = (p.experts(), p.capacity(), p.n(), p.k());
         limits::grouped_gemm(e, t, n, k)?;
         let _g = self.guard();
@@ -303,17 +299,8 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn grouped_gemm(
-        &self,
-        p: &GroupedGemm,
-        a: &[u8],
-        sa: Scales<'_>,
-        b: &[u8],
-        sb: &[f32],
-        counts: &[i32],
-        d: &mut [bf16],
-    ) -> MoeResult<()> {
-        self.grouped_gemm_variant(p, a, sa, b, sb, counts, d, true)
+    fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
+        self.grouped_gemm_variant(p, inputs, d, true)
     }
 
     fn prepare(
@@ -409,7 +396,7 @@ impl BatchedExperts for CudaBackend {
     /// once every download succeeded: on any error both are left as they were.
     fn apply(&self, p: &Experts, inputs: ExpertsInputs<'_>, ws: &mut ExpertsWorkspace, out: &mut [bf16]) -> MoeResult<()> {
         const OP: &str = "experts";
-        p.check(inputs.a1q, &inputs.a1s, &inputs.w1, &inputs.w2, inputs.counts, out)?;
+        p.check(&inputs, out)?;
         stage::check_dims(p)?;
         let ws_fits = stage::check_workspace(p, ws).is_ok();
         let _g = self.guard();

@@ -11,7 +11,7 @@ use common::*;
 use moe_core::scale::pack_ue8m0;
 use moe_core::{
     bf16, check_counts, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize,
-    GroupedGemm, MoeError, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout, SiluMulQuant, WeightsRef, GROUP,
+    GemmInputs, GroupedGemm, MoeError, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout, SiluMulQuant, WeightsRef, GROUP,
 };
 use moe_cuda::{CountsMode, CudaExperts};
 use moe_ref_cpu::NaiveCpu;
@@ -32,12 +32,9 @@ fn act_scales(rng: &mut Rng, fmt: ScaleFormat, e: usize, t: usize, groups: usize
     if fmt.is_packed() {
         let mut words = Vec::new();
         for ex in 0..e {
-            words.extend(pack_ue8m0(
-                &vals[ex * groups * t..(ex + 1) * groups * t],
-                t,
-                groups,
-                ScaleLayout::MnMajor,
-            ));
+            words.extend(
+                pack_ue8m0(&vals[ex * groups * t..(ex + 1) * groups * t], t, groups, ScaleLayout::MnMajor).expect("sizes from the shape"),
+            );
         }
         ScaleBuf::Packed(words)
     } else {
@@ -104,11 +101,32 @@ fn grouped_gemm_is_within_the_bound_and_measures_c() {
                 let mut d_ref = vec![poison; e * t * n];
                 let mut bound = vec![0f64; e * t * n];
                 NaiveCpu
-                    .grouped_gemm_with_bound(&p, &a, sa.view(), &b, &sb, &cnt, &mut d_ref, &mut bound)
+                    .grouped_gemm_with_bound(
+                        &p,
+                        GemmInputs {
+                            a: &a,
+                            sa: sa.view(),
+                            b: WeightsRef { q: &b, s: &sb },
+                            counts: &cnt,
+                        },
+                        &mut d_ref,
+                        &mut bound,
+                    )
                     .unwrap();
                 for chain in [true, false] {
                     let mut d = vec![poison; e * t * n];
-                    gpu.grouped_gemm_variant(&p, &a, sa.view(), &b, &sb, &cnt, &mut d, chain).unwrap();
+                    gpu.grouped_gemm_variant(
+                        &p,
+                        GemmInputs {
+                            a: &a,
+                            sa: sa.view(),
+                            b: WeightsRef { q: &b, s: &sb },
+                            counts: &cnt,
+                        },
+                        &mut d,
+                        chain,
+                    )
+                    .unwrap();
                     // Rows past counts untouched.
                     for ex in 0..e {
                         for row in cnt[ex] as usize..t {
@@ -199,7 +217,17 @@ fn experts_apply_is_checked_stage_by_stage() {
                 // Stage 1: GEMM1 within the bound.
                 let (mut h1_ref, mut b1) = (ws_before.h1.clone(), vec![0f64; e * t * 2 * i]);
                 NaiveCpu
-                    .grouped_gemm_with_bound(&p.gemm1(), &a1q, a1s.view(), &w1, &w1s, &cnt, &mut h1_ref, &mut b1)
+                    .grouped_gemm_with_bound(
+                        &p.gemm1(),
+                        GemmInputs {
+                            a: &a1q,
+                            sa: a1s.view(),
+                            b: WeightsRef { q: &w1, s: &w1s },
+                            counts: &cnt,
+                        },
+                        &mut h1_ref,
+                        &mut b1,
+                    )
                     .unwrap();
                 worst_c = worst_c.max(check_gemm_bound(&format!("{what} h1"), &ws.h1, &h1_ref, &b1, C_MAX));
                 // Stage 2: SiLU-mul-quant of the GPU's own h1, bit-exact.
@@ -213,7 +241,17 @@ fn experts_apply_is_checked_stage_by_stage() {
                 // Stage 3: GEMM2 of the GPU's own q2, within the bound; rows past counts untouched.
                 let (mut out_ref, mut b2) = (vec![poison; e * t * k], vec![0f64; e * t * k]);
                 NaiveCpu
-                    .grouped_gemm_with_bound(&p.gemm2(), &ws.q2, ws.s2.view(), &w2, &w2s, &cnt, &mut out_ref, &mut b2)
+                    .grouped_gemm_with_bound(
+                        &p.gemm2(),
+                        GemmInputs {
+                            a: &ws.q2,
+                            sa: ws.s2.view(),
+                            b: WeightsRef { q: &w2, s: &w2s },
+                            counts: &cnt,
+                        },
+                        &mut out_ref,
+                        &mut b2,
+                    )
                     .unwrap();
                 worst_c = worst_c.max(check_gemm_bound(&format!("{what} out"), &out, &out_ref, &b2, C_MAX));
                 // End to end against the CPU's own pipeline.
@@ -431,10 +469,28 @@ fn gemm_bad_inputs_are_rejected_with_the_cpu_error() {
     for (cnt, short_b) in cases {
         let bb = &b[..b.len() - short_b];
         let eg = gpu
-            .grouped_gemm(&p, &a, moe_core::Scales::F32(&sa), bb, &sb, &cnt, &mut d)
+            .grouped_gemm(
+                &p,
+                GemmInputs {
+                    a: &a,
+                    sa: moe_core::Scales::F32(&sa),
+                    b: WeightsRef { q: bb, s: &sb },
+                    counts: &cnt,
+                },
+                &mut d,
+            )
             .unwrap_err();
         let ec = NaiveCpu
-            .grouped_gemm(&p, &a, moe_core::Scales::F32(&sa), bb, &sb, &cnt, &mut d.clone())
+            .grouped_gemm(
+                &p,
+                GemmInputs {
+                    a: &a,
+                    sa: moe_core::Scales::F32(&sa),
+                    b: WeightsRef { q: bb, s: &sb },
+                    counts: &cnt,
+                },
+                &mut d.clone(),
+            )
             .unwrap_err();
         assert_eq!(eg, ec);
         assert!(d.iter().all(|v| v.to_bits() == 3));
@@ -442,10 +498,28 @@ fn gemm_bad_inputs_are_rejected_with_the_cpu_error() {
     // Packed scales where F32 were promised.
     let sp = vec![0i32; 2 * 4]; // (E, ceil(G/4) = 1, T)
     let eg = gpu
-        .grouped_gemm(&p, &a, moe_core::Scales::Packed(&sp), &b, &sb, &[1, 1], &mut d)
+        .grouped_gemm(
+            &p,
+            GemmInputs {
+                a: &a,
+                sa: moe_core::Scales::Packed(&sp),
+                b: WeightsRef { q: &b, s: &sb },
+                counts: &[1, 1],
+            },
+            &mut d,
+        )
         .unwrap_err();
     let ec = NaiveCpu
-        .grouped_gemm(&p, &a, moe_core::Scales::Packed(&sp), &b, &sb, &[1, 1], &mut d.clone())
+        .grouped_gemm(
+            &p,
+            GemmInputs {
+                a: &a,
+                sa: moe_core::Scales::Packed(&sp),
+                b: WeightsRef { q: &b, s: &sb },
+                counts: &[1, 1],
+            },
+            &mut d.clone(),
+        )
         .unwrap_err();
     assert_eq!(eg, ec);
     println!("CASES gemm bad-input rejections equal to the CPU's: 5");

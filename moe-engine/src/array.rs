@@ -15,8 +15,8 @@ use std::borrow::Cow;
 use float8::F8E4M3;
 use half::bf16;
 use moe_core::{
-    Activation, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize, GroupedGemm, Numerics, Prepare, ScaleBuf, ScaleFormat,
-    ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
+    Activation, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, Numerics, Prepare, ScaleBuf,
+    ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
 use ndarray::{Array, Array1, Array2, Array3, ArrayView, ArrayView1, ArrayView2, ArrayView3, Dimension, Ix2, Ix3};
 
@@ -204,11 +204,15 @@ pub fn grouped_gemm(
     let mut d = try_filled("d", e * t * n, bf16::ZERO)?;
     device.backend().grouped_gemm(
         &p,
-        &f8_bytes(a),
-        sa,
-        &f8_bytes(b.q.view()),
-        &contiguous(b.s.view()),
-        &contiguous(counts),
+        GemmInputs {
+            a: &f8_bytes(a),
+            sa,
+            b: WeightsRef {
+                q: &f8_bytes(b.q.view()),
+                s: &contiguous(b.s.view()),
+            },
+            counts: &contiguous(counts),
+        },
         &mut d,
     )?;
     Ok(shaped(d3([e, t, n]), d))

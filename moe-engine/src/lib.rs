@@ -58,7 +58,7 @@
 //! assert_eq!(out.dim(), (e, t, k));
 //! match device.gemm_contract() {
 //!     GemmContract::Exact => assert_eq!(out, expected),
-//!     GemmContract::Bounded { .. } => assert!(moe_engine::verify::run_check::calc_diff(out.as_slice().unwrap(), expected.as_slice().unwrap()) < 1e-5),
+//!     GemmContract::Bounded { .. } => assert!(moe_core::calc_diff_bf16(out.as_slice().unwrap(), expected.as_slice().unwrap()) < 1e-5),
 //! }
 //! assert_eq!(acts.counts, Array1::from(vec![2, 3]));
 //! # Ok(())

@@ -13,7 +13,7 @@ use std::time::Instant;
 use half::bf16;
 use moe_core::{
     estimate_expected_m, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace,
-    Finalize, GroupedGemm, MoeResult, Numerics, Prepare, ScaleBuf, ScaleFormat, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant,
+    Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics, Prepare, ScaleBuf, ScaleFormat, ScalesMut, SiluMulQuant, TokenGroupQuant,
     WeightsRef, GROUP,
 };
 use moe_ref_cpu::{CpuBackend, NaiveCpu};
@@ -21,7 +21,7 @@ use moe_ref_cpu::{CpuBackend, NaiveCpu};
 use crate::device::{Device, GemmContract};
 use crate::error::{EngineError, InputError};
 use crate::rng::Rng;
-use crate::verify::run_check::{self, bits16, bits_check, calc_diff, check_block_quant, check_gemm, sample_rows};
+use crate::verify::run_check::{self, bits16, bits_check, check_block_quant, check_gemm, sample_rows};
 use crate::weights::synth;
 
 /// The largest end-to-end `calc_diff` accepted against the CPU reference (SPEC §5.4).
@@ -427,7 +427,7 @@ pub fn run(cfg: &RunConfig, device: &Device, progress: &dyn Fn(&str)) -> Result<
         let mut ws_ref = ExpertsWorkspace::new(&experts);
         let mut out_ref = vec![bf16::ZERO; e * t * k];
         CpuBackend::new().apply(&experts, inputs, &mut ws_ref, &mut out_ref)?;
-        let d = calc_diff(&out, &out_ref);
+        let d = moe_core::calc_diff_bf16(&out, &out_ref);
         checks.push(Check {
             name: "end-to-end calc_diff vs CPU".into(),
             ok: d < CALC_DIFF_MAX,
@@ -500,17 +500,8 @@ impl Backend for Timed<'_> {
     fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
         self.record("silu_mul_quant", || self.inner.silu_mul_quant(p, y, counts, q, s))
     }
-    fn grouped_gemm(
-        &self,
-        p: &GroupedGemm,
-        a: &[u8],
-        sa: Scales<'_>,
-        b: &[u8],
-        sb: &[f32],
-        counts: &[i32],
-        d: &mut [bf16],
-    ) -> MoeResult<()> {
-        self.record("grouped_gemm", || self.inner.grouped_gemm(p, a, sa, b, sb, counts, d))
+    fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
+        self.record("grouped_gemm", || self.inner.grouped_gemm(p, inputs, d))
     }
     fn prepare(&self, p: &Prepare, x: &[bf16], topk_ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, counts: &mut [i32]) -> MoeResult<()> {
         self.record("prepare", || self.inner.prepare(p, x, topk_ids, a1q, a1s, counts))

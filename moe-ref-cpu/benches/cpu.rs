@@ -94,7 +94,13 @@ fn grouped_gemm(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements((2 * e * t * n * k) as u64));
     g.bench_function(BenchmarkId::new("E8_T64_K7168_N4096", "flops"), |bch| {
-        bch.iter(|| be.grouped_gemm(&p, &a, Scales::F32(&sa), &b, &sb, &counts, &mut d).unwrap())
+        let inputs = GemmInputs {
+            a: &a,
+            sa: Scales::F32(&sa),
+            b: WeightsRef { q: &b, s: &sb },
+            counts: &counts,
+        };
+        bch.iter(|| be.grouped_gemm(&p, inputs, &mut d).unwrap())
     });
     g.finish();
 }

@@ -1,8 +1,8 @@
-//! Pieces shared by the naive and the fast paths: where a scale is stored, and constants.
+//! Pieces shared by the naive and the fast paths: argument checks, routing for prepare, scale
+//! lookups and clearing of packed scale rows, and constants.
 
 use half::bf16;
-use moe_core::format::ue8m0_from_pow2;
-use moe_core::{ScaleFormat, ScaleLayout, ScalesMut};
+use moe_core::{GemmInputs, GroupedGemm, MoeResult, Prepare, Routing, Scales, ScalesMut};
 
 /// `(bf16(1e-10), bf16(1/448))` as f32, the constants of `Numerics::VllmBf16` (SPEC §5.2).
 #[inline]
@@ -10,36 +10,41 @@ pub(crate) fn vllm_consts() -> (f32, f32) {
     (bf16::from_f32(1e-10).to_f32(), bf16::from_f32(1.0 / 448.0).to_f32())
 }
 
-/// Stores the scale of group `g` of row `r` of a `(rows, groups)` scale matrix with `layout`:
-/// the f32 value, or its UE8M0 byte ORed into byte `g % 4` of the packed word (the caller zeroes
-/// the words first).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub(crate) fn store_scale(
-    s: &mut ScalesMut<'_>,
-    fmt: ScaleFormat,
-    layout: ScaleLayout,
-    rows: usize,
-    groups: usize,
-    r: usize,
-    g: usize,
-    sc: f32,
-) {
-    match s {
-        ScalesMut::F32(v) => v[layout.index(rows, groups, r, g)] = sc,
-        ScalesMut::Packed(w) => {
-            debug_assert!(fmt.is_packed());
-            let words = groups.div_ceil(4);
-            let i = layout.index(rows, words, r, g / 4);
-            w[i] = (w[i] as u32 | ((ue8m0_from_pow2(sc) as u32) << (8 * (g % 4)))) as i32;
+/// Zeroes the packed scale words of live rows `0..live` of one expert (`(cols, T)` MN-major), so
+/// that bytes past the last group read 0 after the per-group stores (`ScalesMut::store` replaces
+/// one byte of a word and keeps the others).
+pub(crate) fn clear_packed_rows(s: &mut ScalesMut<'_>, t_cap: usize, cols: usize, live: usize) {
+    if let ScalesMut::Packed(w) = s {
+        for col in 0..cols {
+            w[col * t_cap..col * t_cap + live].fill(0);
         }
     }
 }
 
-/// The scales of expert `e` when every expert holds `len` stored elements.
-pub(crate) fn expert_scales<'s>(s: &'s mut ScalesMut<'_>, e: usize, len: usize) -> ScalesMut<'s> {
-    match s {
-        ScalesMut::F32(v) => ScalesMut::F32(&mut v[e * len..(e + 1) * len]),
-        ScalesMut::Packed(v) => ScalesMut::Packed(&mut v[e * len..(e + 1) * len]),
-    }
+/// `sa[e, t, kb]` from MN-major `(E, cols, T)` activation scales, decoded.
+#[inline]
+pub(crate) fn sa_at(sa: &Scales<'_>, p: &GroupedGemm, e: usize, t: usize, kb: usize) -> f32 {
+    let per_expert = p.scale_format().columns(p.k_blocks()) * p.capacity();
+    sa.expert(e, per_expert).get_mn(p.capacity(), t, kb)
+}
+
+/// The checks of `grouped_gemm_with_bound`: the GEMM's, and the bound's length `(E, T, N)`.
+pub(crate) fn check_gemm_with_bound(p: &GroupedGemm, inputs: &GemmInputs<'_>, d: &[bf16], bound: &[f64]) -> MoeResult<()> {
+    p.check(inputs, d)?;
+    moe_core::check_len("bound", bound.len(), &[p.experts(), p.capacity(), p.n()])?;
+    Ok(())
+}
+
+/// The start of both prepare paths: validate every buffer, route the tokens, and write `counts`.
+pub(crate) fn route_for_prepare(
+    p: &Prepare,
+    x: &[bf16],
+    topk_ids: &[i32],
+    a1q: &[u8],
+    a1s: &ScalesMut<'_>,
+    counts: &mut [i32],
+) -> MoeResult<Routing> {
+    let routing = p.check(x, topk_ids, a1q, a1s, counts)?;
+    counts.copy_from_slice(routing.counts());
+    Ok(routing)
 }

@@ -12,15 +12,14 @@ use half::bf16;
 use moe_core::format::{bf16_out, ceil_pow2, e4m3_from_f32, round_bf16};
 use moe_core::math::{exp_f32, vllm_ceil_pow2_bf16};
 use moe_core::{
-    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GroupedGemm, MoeResult, Numerics, Prepare,
-    ScaleFormat, ScaleLayout, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
+    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics,
+    Prepare, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use crate::common::{expert_scales, store_scale, vllm_consts};
-use crate::naive::clear_packed_rows;
+use crate::common::{check_gemm_with_bound, clear_packed_rows, route_for_prepare, vllm_consts};
 
 /// The fast CPU reference: parallel with rayon, bit-identical to [`crate::NaiveCpu`] for any
 /// thread count.
@@ -63,21 +62,9 @@ impl CpuBackend {
 
     /// The grouped GEMM, also returning the absolute-sum bound of SPEC §5.3 per element (as
     /// [`crate::NaiveCpu::grouped_gemm_with_bound`], identical results).
-    #[allow(clippy::too_many_arguments)]
-    pub fn grouped_gemm_with_bound(
-        &self,
-        p: &GroupedGemm,
-        a: &[u8],
-        sa: Scales<'_>,
-        b: &[u8],
-        sb: &[f32],
-        counts: &[i32],
-        d: &mut [bf16],
-        bound: &mut [f64],
-    ) -> MoeResult<()> {
-        p.check(a, &sa, b, sb, counts, d)?;
-        moe_core::check_len("bound", bound.len(), &[p.experts(), p.capacity(), p.n()])?;
-        self.install(|| crate::gemm::grouped_gemm(p, a, sa, b, sb, counts, d, Some(bound)));
+    pub fn grouped_gemm_with_bound(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], bound: &mut [f64]) -> MoeResult<()> {
+        check_gemm_with_bound(p, &inputs, d, bound)?;
+        self.install(|| crate::gemm::grouped_gemm(p, inputs, d, Some(bound)));
         Ok(())
     }
 }
@@ -161,7 +148,7 @@ fn scatter_mn(se: &mut ScalesMut<'_>, fmt: ScaleFormat, t_cap: usize, groups: us
     clear_packed_rows(se, t_cap, fmt.columns(groups), live);
     for t in 0..live {
         for g in 0..groups {
-            store_scale(se, fmt, ScaleLayout::MnMajor, t_cap, groups, t, g, rows[t * groups + g]);
+            se.store(ScaleLayout::MnMajor, t_cap, groups, t, g, rows[t * groups + g]);
         }
     }
 }
@@ -205,7 +192,7 @@ impl Backend for CpuBackend {
         }
         for r in 0..rows {
             for g in 0..groups {
-                store_scale(&mut s, fmt, p.layout(), rows, groups, r, g, scales[r * groups + g]);
+                s.store(p.layout(), rows, groups, r, g, scales[r * groups + g]);
             }
         }
         Ok(())
@@ -225,7 +212,7 @@ impl Backend for CpuBackend {
         for (e, qe) in q.chunks_mut(t_cap * k).enumerate() {
             let live = counts[e] as usize;
             let rows = self.install(|| quant_rows_par(&x, k, fmt.is_ceil(), &mut qe[..live * k], |r| (e * t_cap + r) * k));
-            scatter_mn(&mut expert_scales(&mut s, e, per_expert), fmt, t_cap, groups, &rows, live);
+            scatter_mn(&mut s.expert_mut(e, per_expert), fmt, t_cap, groups, &rows, live);
         }
         Ok(())
     }
@@ -302,7 +289,7 @@ impl Backend for CpuBackend {
         for e in 0..p.experts() {
             let live = counts[e] as usize;
             scatter_mn(
-                &mut expert_scales(&mut s, e, per_expert),
+                &mut s.expert_mut(e, per_expert),
                 fmt,
                 t_cap,
                 groups,
@@ -313,18 +300,9 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn grouped_gemm(
-        &self,
-        p: &GroupedGemm,
-        a: &[u8],
-        sa: Scales<'_>,
-        b: &[u8],
-        sb: &[f32],
-        counts: &[i32],
-        d: &mut [bf16],
-    ) -> MoeResult<()> {
-        p.check(a, &sa, b, sb, counts, d)?;
-        self.install(|| crate::gemm::grouped_gemm(p, a, sa, b, sb, counts, d, None));
+    fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
+        p.check(&inputs, d)?;
+        self.install(|| crate::gemm::grouped_gemm(p, inputs, d, None));
         Ok(())
     }
 
@@ -337,23 +315,22 @@ impl Backend for CpuBackend {
         mut a1s: ScalesMut<'_>,
         counts: &mut [i32],
     ) -> MoeResult<()> {
-        let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
-        let (t_cap, k, fmt) = (p.capacity(), p.k(), p.scale_format());
+        let routing = route_for_prepare(p, x, topk_ids, a1q, &a1s, counts)?;
+        let (t_cap, k, fmt) = (p.dims().capacity(), p.dims().k(), p.scale_format());
         let groups = k / GROUP;
         let per_expert = fmt.columns(groups) * t_cap;
-        counts.copy_from_slice(routing.counts());
         let xa = Activation::Bf16(x);
         for (e, qe) in a1q.chunks_mut(t_cap * k).enumerate() {
             let toks = routing.tokens(e);
             let rows = self.install(|| quant_rows_par(&xa, k, fmt.is_ceil(), &mut qe[..toks.len() * k], |r| toks[r] as usize * k));
-            scatter_mn(&mut expert_scales(&mut a1s, e, per_expert), fmt, t_cap, groups, &rows, toks.len());
+            scatter_mn(&mut a1s.expert_mut(e, per_expert), fmt, t_cap, groups, &rows, toks.len());
         }
         Ok(())
     }
 
     fn finalize(&self, p: &Finalize, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &mut [bf16]) -> MoeResult<()> {
         let routing = p.check(expert_out, topk_ids, topk_weights, out)?;
-        let (k, topk, t_cap) = (p.k(), p.topk(), p.capacity());
+        let (k, topk, t_cap) = (p.dims().k(), p.dims().topk(), p.dims().capacity());
         self.install(|| {
             out.par_chunks_mut(k).enumerate().with_min_len(4).for_each(|(m, o)| {
                 Arch::new().dispatch(FinalizeRow {

@@ -29,11 +29,11 @@ use faer::{Accum, MatMut, MatRef, Par};
 use half::bf16;
 use moe_core::format::{bf16_out, E4M3_DECODE};
 
-use moe_core::{GroupedGemm, Scales, GROUP};
+use moe_core::{GemmInputs, GroupedGemm, Scales, GROUP};
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::naive::sa_at;
+use crate::common::sa_at;
 
 /// Columns of N per task: a multiple of 48 (faer's f64 micro-kernel height on AVX-512); small
 /// enough that E=8, N=4096 gives 176 tasks to balance (192, 384 and 768 measured within noise).
@@ -47,17 +47,9 @@ struct TileOut {
     bound: Vec<f64>,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn grouped_gemm(
-    p: &GroupedGemm,
-    a: &[u8],
-    sa: Scales<'_>,
-    b: &[u8],
-    sb: &[f32],
-    counts: &[i32],
-    d: &mut [bf16],
-    bound: Option<&mut [f64]>,
-) {
+pub(crate) fn grouped_gemm(p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], bound: Option<&mut [f64]>) {
+    let GemmInputs { a, sa, b, counts } = inputs;
+    let (b, sb) = (b.q, b.s);
     let (t_cap, n_dim, k_dim) = (p.capacity(), p.n(), p.k());
     let want_bound = bound.is_some();
     // Decoded activations of the live rows, per expert: (counts[e], K) f64 row-major.

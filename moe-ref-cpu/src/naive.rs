@@ -6,11 +6,11 @@ use half::bf16;
 use moe_core::format::{bf16_out, ceil_pow2, e4m3_from_f32, e4m3_to_f32, round_bf16};
 use moe_core::math::{silu_f32, vllm_ceil_pow2_bf16};
 use moe_core::{
-    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GroupedGemm, MoeResult, Numerics, Prepare,
-    ScaleFormat, ScaleLayout, Scales, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
+    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics,
+    Prepare, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 
-use crate::common::{expert_scales, store_scale, vllm_consts};
+use crate::common::{check_gemm_with_bound, clear_packed_rows, route_for_prepare, sa_at, vllm_consts};
 
 /// The naive CPU reference (single-threaded, element by element).
 #[derive(Debug, Default, Clone, Copy)]
@@ -25,43 +25,21 @@ impl NaiveCpu {
     /// The grouped GEMM, also returning for each output element the absolute-sum bound of
     /// SPEC §5.3, `Σ_kb |s_kb| · Σ_{i in kb} |decode(a_i)·decode(b_i)|`, as f64 (`(E, T, N)`;
     /// zero for rows past `counts`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn grouped_gemm_with_bound(
-        &self,
-        p: &GroupedGemm,
-        a: &[u8],
-        sa: Scales<'_>,
-        b: &[u8],
-        sb: &[f32],
-        counts: &[i32],
-        d: &mut [bf16],
-        bound: &mut [f64],
-    ) -> MoeResult<()> {
-        p.check(a, &sa, b, sb, counts, d)?;
-        moe_core::check_len("bound", bound.len(), &[p.experts(), p.capacity(), p.n()])?;
-        gemm(p, a, sa, b, sb, counts, d, Some(bound));
+    pub fn grouped_gemm_with_bound(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], bound: &mut [f64]) -> MoeResult<()> {
+        check_gemm_with_bound(p, &inputs, d, bound)?;
+        gemm(p, inputs, d, Some(bound));
         Ok(())
     }
 }
 
-/// `sa[e, t, kb]` from MN-major `(E, cols, T)` scales, decoded.
-pub(crate) fn sa_at(sa: &Scales<'_>, p: &GroupedGemm, e: usize, t: usize, kb: usize) -> f32 {
-    let cols = p.scale_format().columns(p.k_blocks());
-    let per_expert = cols * p.capacity();
-    match sa {
-        Scales::F32(s) => Scales::F32(&s[e * per_expert..(e + 1) * per_expert]).get_mn(p.capacity(), t, kb),
-        Scales::Packed(s) => Scales::Packed(&s[e * per_expert..(e + 1) * per_expert]).get_mn(p.capacity(), t, kb),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm(p: &GroupedGemm, a: &[u8], sa: Scales<'_>, b: &[u8], sb: &[f32], counts: &[i32], d: &mut [bf16], mut bound: Option<&mut [f64]>) {
+fn gemm(p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], mut bound: Option<&mut [f64]>) {
+    let GemmInputs { a, sa, b, counts } = inputs;
     let (t_cap, n_dim, k_dim, kbs) = (p.capacity(), p.n(), p.k(), p.k_blocks());
     for e in 0..p.experts() {
         for t in 0..counts[e] as usize {
             let arow = &a[(e * t_cap + t) * k_dim..][..k_dim];
             for n in 0..n_dim {
-                let brow = &b[(e * n_dim + n) * k_dim..][..k_dim];
+                let brow = &b.q[(e * n_dim + n) * k_dim..][..k_dim];
                 let mut acc = 0f32;
                 let mut bnd = 0f64;
                 for kb in 0..kbs {
@@ -72,7 +50,7 @@ fn gemm(p: &GroupedGemm, a: &[u8], sa: Scales<'_>, b: &[u8], sb: &[f32], counts:
                         sum += prod;
                         abs += prod.abs();
                     }
-                    let s = sa_at(&sa, p, e, t, kb) * sb[(e * (n_dim / GROUP) + n / GROUP) * kbs + kb];
+                    let s = sa_at(&sa, p, e, t, kb) * b.s[(e * (n_dim / GROUP) + n / GROUP) * kbs + kb];
                     acc = s.mul_add(sum as f32, acc);
                     bnd += (s as f64).abs() * abs;
                 }
@@ -126,9 +104,7 @@ impl Backend for NaiveCpu {
         if let ScalesMut::Packed(w) = &mut s {
             w.fill(0);
         }
-        quant_rows(&x, rows, p.k(), fmt, q, |r, g, sc| {
-            store_scale(&mut s, fmt, layout, rows, groups, r, g, sc)
-        });
+        quant_rows(&x, rows, p.k(), fmt, q, |r, g, sc| s.store(layout, rows, groups, r, g, sc));
         Ok(())
     }
 
@@ -149,10 +125,10 @@ impl Backend for NaiveCpu {
                 Activation::Bf16(v) => Activation::Bf16(&v[e * t_cap * k..][..c * k]),
                 Activation::F32(v) => Activation::F32(&v[e * t_cap * k..][..c * k]),
             };
-            let mut se = expert_scales(&mut s, e, cols * t_cap);
+            let mut se = s.expert_mut(e, cols * t_cap);
             clear_packed_rows(&mut se, t_cap, cols, c);
             quant_rows(&xe, c, k, fmt, &mut q[e * t_cap * k..][..c * k], |r, g, sc| {
-                store_scale(&mut se, fmt, ScaleLayout::MnMajor, t_cap, groups, r, g, sc)
+                se.store(ScaleLayout::MnMajor, t_cap, groups, r, g, sc)
             });
         }
         Ok(())
@@ -196,7 +172,7 @@ impl Backend for NaiveCpu {
         let (eps_bf16, inv448_bf16) = vllm_consts();
         for e in 0..p.experts() {
             let c = counts[e] as usize;
-            let mut se = expert_scales(&mut s, e, cols * t_cap);
+            let mut se = s.expert_mut(e, cols * t_cap);
             clear_packed_rows(&mut se, t_cap, cols, c);
             for t in 0..c {
                 let row = &y[(e * t_cap + t) * 2 * h..][..2 * h];
@@ -232,25 +208,16 @@ impl Backend for NaiveCpu {
                         }
                         Numerics::F32 => quant_group(&v, fmt.is_ceil(), &mut qrow[g * GROUP..][..GROUP]),
                     };
-                    store_scale(&mut se, fmt, ScaleLayout::MnMajor, t_cap, groups, t, g, sc);
+                    se.store(ScaleLayout::MnMajor, t_cap, groups, t, g, sc);
                 }
             }
         }
         Ok(())
     }
 
-    fn grouped_gemm(
-        &self,
-        p: &GroupedGemm,
-        a: &[u8],
-        sa: Scales<'_>,
-        b: &[u8],
-        sb: &[f32],
-        counts: &[i32],
-        d: &mut [bf16],
-    ) -> MoeResult<()> {
-        p.check(a, &sa, b, sb, counts, d)?;
-        gemm(p, a, sa, b, sb, counts, d, None);
+    fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
+        p.check(&inputs, d)?;
+        gemm(p, inputs, d, None);
         Ok(())
     }
 
@@ -263,19 +230,18 @@ impl Backend for NaiveCpu {
         mut a1s: ScalesMut<'_>,
         counts: &mut [i32],
     ) -> MoeResult<()> {
-        let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
-        let (t_cap, k, fmt) = (p.capacity(), p.k(), p.scale_format());
+        let routing = route_for_prepare(p, x, topk_ids, a1q, &a1s, counts)?;
+        let (t_cap, k, fmt) = (p.dims().capacity(), p.dims().k(), p.scale_format());
         let groups = k / GROUP;
         let cols = fmt.columns(groups);
-        counts.copy_from_slice(routing.counts());
-        for e in 0..p.experts() {
+        for e in 0..p.dims().experts() {
             let toks = routing.tokens(e);
-            let mut se = expert_scales(&mut a1s, e, cols * t_cap);
+            let mut se = a1s.expert_mut(e, cols * t_cap);
             clear_packed_rows(&mut se, t_cap, cols, toks.len());
             for (row, &tok) in toks.iter().enumerate() {
                 let xr = Activation::Bf16(&x[tok as usize * k..][..k]);
                 quant_rows(&xr, 1, k, fmt, &mut a1q[(e * t_cap + row) * k..][..k], |_, g, sc| {
-                    store_scale(&mut se, fmt, ScaleLayout::MnMajor, t_cap, groups, row, g, sc)
+                    se.store(ScaleLayout::MnMajor, t_cap, groups, row, g, sc)
                 });
             }
         }
@@ -284,8 +250,8 @@ impl Backend for NaiveCpu {
 
     fn finalize(&self, p: &Finalize, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &mut [bf16]) -> MoeResult<()> {
         let routing = p.check(expert_out, topk_ids, topk_weights, out)?;
-        let (k, topk, t_cap) = (p.k(), p.topk(), p.capacity());
-        for m in 0..p.tokens() {
+        let (k, topk, t_cap) = (p.dims().k(), p.dims().topk(), p.dims().capacity());
+        for m in 0..p.dims().tokens() {
             for c in 0..k {
                 let mut acc = 0f32;
                 for j in 0..topk {
@@ -303,13 +269,3 @@ impl Backend for NaiveCpu {
 }
 
 impl BatchedExperts for NaiveCpu {}
-
-/// Zeroes the packed scale words of live rows `0..live` of one expert (`(cols, T)` MN-major), so
-/// that bytes past the last group read 0 after the per-group stores (which OR bytes in).
-pub(crate) fn clear_packed_rows(s: &mut ScalesMut<'_>, t_cap: usize, cols: usize, live: usize) {
-    if let ScalesMut::Packed(w) = s {
-        for col in 0..cols {
-            w[col * t_cap..col * t_cap + live].fill(0);
-        }
-    }
-}

@@ -142,7 +142,9 @@ fn batched_quant_silu_and_gemm_agree_and_leave_dead_rows_untouched() {
         let b = rng.e4m3s(e * n * k);
         let sa_f: Vec<f32> = (0..e * (k / 128) * t).map(|i| 2f32.powi((i % 9) as i32 - 4)).collect();
         let sa = match fmt {
-            ScaleFormat::Ue8m0Packed => ScaleBuf::Packed(moe_core::scale::pack_ue8m0(&sa_f, e * t, k / 128, ScaleLayout::RowMajor)),
+            ScaleFormat::Ue8m0Packed => {
+                ScaleBuf::Packed(moe_core::scale::pack_ue8m0(&sa_f, e * t, k / 128, ScaleLayout::RowMajor).unwrap())
+            }
             _ => ScaleBuf::F32(sa_f.clone()),
         };
         // The packed layout above is only used as opaque words: shape check needs (E, ceil(G/4), T).
@@ -154,19 +156,22 @@ fn batched_quant_silu_and_gemm_agree_and_leave_dead_rows_untouched() {
         let poison = bf16::from_bits(0x7FA5);
         let mut d0 = vec![poison; e * t * n];
         let mut bound0 = vec![0f64; e * t * n];
-        NaiveCpu
-            .grouped_gemm_with_bound(&p, &a, sa.view(), &b, &sb, &counts, &mut d0, &mut bound0)
-            .unwrap();
+        let inputs = GemmInputs {
+            a: &a,
+            sa: sa.view(),
+            b: WeightsRef { q: &b, s: &sb },
+            counts: &counts,
+        };
+        NaiveCpu.grouped_gemm_with_bound(&p, inputs, &mut d0, &mut bound0).unwrap();
         for be in backends() {
             let mut d1 = vec![poison; e * t * n];
             let mut bound1 = vec![0f64; e * t * n];
-            be.grouped_gemm_with_bound(&p, &a, sa.view(), &b, &sb, &counts, &mut d1, &mut bound1)
-                .unwrap();
+            be.grouped_gemm_with_bound(&p, inputs, &mut d1, &mut bound1).unwrap();
             let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             same(&bits(&d0), &bits(&d1), "d");
             assert!(bound0.iter().zip(&bound1).all(|(x, y)| x.to_bits() == y.to_bits()), "bounds differ");
             let mut d2 = vec![poison; e * t * n];
-            be.grouped_gemm(&p, &a, sa.view(), &b, &sb, &counts, &mut d2).unwrap();
+            be.grouped_gemm(&p, inputs, &mut d2).unwrap();
             same(&bits(&d0), &bits(&d2), "d");
         }
         assert!(d0[..t * n].iter().all(|v| v.to_bits() == poison.to_bits()));
@@ -263,9 +268,13 @@ fn known_answers_from_the_spec() {
     let a = vec![e4m3_from_f32(1.0); 128];
     let b = vec![e4m3_from_f32(0.5); 128 * 128];
     let mut d = vec![bf16::ZERO; 128];
-    NaiveCpu
-        .grouped_gemm(&p, &a, Scales::F32(&[2.0]), &b, &[0.25], &[1], &mut d)
-        .unwrap();
+    let inputs = GemmInputs {
+        a: &a,
+        sa: Scales::F32(&[2.0]),
+        b: WeightsRef { q: &b, s: &[0.25] },
+        counts: &[1],
+    };
+    NaiveCpu.grouped_gemm(&p, inputs, &mut d).unwrap();
     assert!(d.iter().all(|v| v.to_f32() == 32.0), "{}", d[0]);
 }
 
@@ -309,4 +318,41 @@ fn bad_input_is_rejected_before_any_write() {
         })
     );
     assert!(q.iter().all(|&b| b == POISON));
+}
+
+#[test]
+fn experts_apply_reuses_a_matching_workspace_and_replaces_a_mismatched_one() {
+    let (e, t, k, i) = (2, 3, 128, 128);
+    let p = Experts::new(e, t, k, i, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
+    let mut rng = Rng(11);
+    let a1q = rng.e4m3s(e * t * k);
+    let a1s = vec![0x7F7F_7F7Fi32; e * t];
+    let w1 = rng.e4m3s(e * 2 * i * k);
+    let w1s = vec![0.01f32; e * 2];
+    let w2 = rng.e4m3s(e * k * i);
+    let w2s = vec![0.01f32; e];
+    let inputs = ExpertsInputs {
+        a1q: &a1q,
+        a1s: Scales::Packed(&a1s),
+        w1: WeightsRef { q: &w1, s: &w1s },
+        w2: WeightsRef { q: &w2, s: &w2s },
+        counts: &[3, 1],
+    };
+    for be in [&NaiveCpu as &dyn BatchedExperts, &CpuBackend::new()] {
+        let mut ws = ExpertsWorkspace::new(&p);
+        let ptrs = (ws.h1.as_ptr(), ws.q2.as_ptr());
+        let mut out = vec![bf16::ZERO; e * t * k];
+        be.apply(&p, inputs, &mut ws, &mut out).unwrap();
+        assert_eq!((ws.h1.as_ptr(), ws.q2.as_ptr()), ptrs, "a matching workspace is reused");
+        // A workspace of another problem is replaced by one that fits, with the same result.
+        let mut small = ExpertsWorkspace::new(&Experts::new(1, 1, 128, 128, ScaleFormat::F32, Numerics::F32).unwrap());
+        let mut out2 = vec![bf16::ZERO; e * t * k];
+        be.apply(&p, inputs, &mut small, &mut out2).unwrap();
+        assert!(small.matches(&p));
+        let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        same(&bits(&small.h1), &bits(&ws.h1), "h1");
+        same(&small.q2, &ws.q2, "q2");
+        same(&small.s2.to_bits(), &ws.s2.to_bits(), "s2");
+        same(&bits(&out), &bits(&out2), "out");
+    }
 }

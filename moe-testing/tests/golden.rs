@@ -124,12 +124,14 @@ fn token_group_quant_matches_the_oracle_in_every_format_layout_and_dtype() {
                 let mut q = vec![0xA5u8; rows * k];
                 let what = format!("{name} {fmt} {layout:?} on {}", be.name());
                 if fmt.is_packed() {
-                    let want = moe_core::scale::convert_layout(&g.i32s(&format!("{name}.s")), rows, cols, ScaleLayout::RowMajor, layout);
+                    let want = moe_core::scale::convert_layout(&g.i32s(&format!("{name}.s")), rows, cols, ScaleLayout::RowMajor, layout)
+                        .expect("golden shapes");
                     let mut s = vec![0x5A5A_5A5A; rows * cols];
                     be.token_group_quant(&p, x, &mut q, ScalesMut::Packed(&mut s)).unwrap();
                     assert_eq!(s, want, "{what}: packed scales");
                 } else {
-                    let want = moe_core::scale::convert_layout(&g.f32s(&format!("{name}.s")), rows, cols, ScaleLayout::RowMajor, layout);
+                    let want = moe_core::scale::convert_layout(&g.f32s(&format!("{name}.s")), rows, cols, ScaleLayout::RowMajor, layout)
+                        .expect("golden shapes");
                     let mut s = vec![f32::NAN; rows * cols];
                     be.token_group_quant(&p, x, &mut q, ScalesMut::F32(&mut s)).unwrap();
                     same_f32_bits(&format!("{what}: scales"), &s, &want);
@@ -198,7 +200,17 @@ fn grouped_gemm_matches_the_oracle_in_every_scale_format() {
         let want = g.u16s(&format!("{name}.d"));
         for be in backends() {
             let mut d = vec![bf16::ZERO; e * t * n];
-            be.grouped_gemm(&p, &a, sa, &b, &sb, &counts, &mut d).unwrap();
+            be.grouped_gemm(
+                &p,
+                GemmInputs {
+                    a: &a,
+                    sa,
+                    b: WeightsRef { q: &b, s: &sb },
+                    counts: &counts,
+                },
+                &mut d,
+            )
+            .unwrap();
             let got: Vec<u16> = d.iter().map(|v| v.to_bits()).collect();
             let diff = got.iter().zip(&want).position(|(x, y)| x != y);
             assert!(

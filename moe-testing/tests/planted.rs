@@ -80,8 +80,8 @@ impl Backend for Planted {
     fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], c: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
         self.0.silu_mul_quant(p, y, c, q, s)
     }
-    fn grouped_gemm(&self, p: &GroupedGemm, a: &[u8], sa: Scales<'_>, b: &[u8], sb: &[f32], c: &[i32], d: &mut [bf16]) -> MoeResult<()> {
-        self.0.grouped_gemm(p, a, sa, b, sb, c, d)
+    fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
+        self.0.grouped_gemm(p, inputs, d)
     }
     fn prepare(&self, p: &Prepare, x: &[bf16], ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, c: &mut [i32]) -> MoeResult<()> {
         self.0.prepare(p, x, ids, a1q, a1s, c)

@@ -124,14 +124,8 @@ pub fn counts(rng: &mut Rng, e: usize, t: usize) -> Vec<i32> {
     c
 }
 
-/// The spacing of bf16 values at `x` (its ulp), as f64.
-pub fn ulp_bf16(x: bf16) -> f64 {
-    let m = x.to_bits() & 0x7FFF;
-    if m >= 0x7F7F {
-        return f64::INFINITY;
-    }
-    bf16::from_bits(m + 1).to_f64() - bf16::from_bits(m).to_f64()
-}
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use moe_core::{calc_diff_bf16 as calc_diff, ulp_bf16};
 
 pub fn bits_u16(v: &[bf16]) -> Vec<u16> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -184,21 +178,6 @@ pub fn check_gemm_bound(what: &str, gpu: &[bf16], cpu: &[bf16], bound: &[f64], c
         &bad[..bad.len().min(5)]
     );
     worst
-}
-
-/// `1 - 2Σxy / Σ(x² + y²)` in f64 over the given elements.
-pub fn calc_diff(x: &[bf16], y: &[bf16]) -> f64 {
-    let (mut xy, mut sq) = (0f64, 0f64);
-    for (a, b) in x.iter().zip(y) {
-        let (a, b) = (a.to_f64(), b.to_f64());
-        xy += a * b;
-        sq += a * a + b * b;
-    }
-    if sq == 0.0 {
-        0.0
-    } else {
-        1.0 - 2.0 * xy / sq
-    }
 }
 
 pub const C_MAX: f64 = 1.0 / 4096.0;

@@ -1,7 +1,7 @@
 //! Running validated inputs on a backend and naming the outputs.
 
 use half::bf16;
-use moe_core::{BatchedExperts, ExpertsInputs, ExpertsWorkspace, ScaleBuf, ScaleFormat, WeightsRef};
+use moe_core::{BatchedExperts, ExpertsInputs, ExpertsWorkspace, GemmInputs, ScaleBuf, ScaleFormat, WeightsRef};
 
 use super::*;
 use crate::error::{try_filled, EngineError};
@@ -53,7 +53,16 @@ pub fn execute(inputs: &OpInputs, backend: &dyn BatchedExperts) -> Result<Vec<Ou
         OpInputs::GroupedGemm(GemmCase { p, a, sa, b, sb, counts }) => {
             let shape = [p.experts(), p.capacity(), p.n()];
             let mut d = try_filled("d", shape.iter().product(), bf16::ZERO)?;
-            backend.grouped_gemm(p, a, sa.view(), b, sb, counts, &mut d)?;
+            backend.grouped_gemm(
+                p,
+                GemmInputs {
+                    a,
+                    sa: sa.view(),
+                    b: WeightsRef { q: b, s: sb },
+                    counts,
+                },
+                &mut d,
+            )?;
             vec![OutTensor::bf16("d", &shape, &d)]
         }
         OpInputs::Experts(ExpertsCase {

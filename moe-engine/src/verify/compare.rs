@@ -98,51 +98,11 @@ pub fn same_scales(what: &str, dut: &ScaleBuf, reference: &ScaleBuf) -> Result<(
     }
 }
 
-/// The spacing of bf16 numbers at `x` (the ulp above `|x|`'s binade; `2^-133` for zero and
-/// subnormals). Infinite or NaN `x` gives `+inf`.
-pub fn ulp_bf16(x: bf16) -> f64 {
-    let exp = ((x.to_bits() >> 7) & 0xFF) as i32;
-    match exp {
-        0 => 2f64.powi(-133),
-        0xFF => f64::INFINITY,
-        e => 2f64.powi(e - 127 - 7),
-    }
-}
-
-/// DeepGEMM's `calc_diff = 1 - 2Σxy / Σ(x² + y²)` in float64 (0 for identical data, 0 when both
-/// are all zero).
-pub fn calc_diff(x: &[f64], y: &[f64]) -> f64 {
-    let (mut xy, mut sq) = (0f64, 0f64);
-    for (&a, &b) in x.iter().zip(y) {
-        xy += a * b;
-        sq += a * a + b * b;
-    }
-    if sq == 0.0 {
-        0.0
-    } else {
-        1.0 - 2.0 * xy / sq
-    }
-}
+pub use moe_core::{calc_diff, calc_diff_bf16, ulp_bf16};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ulp_bf16_is_the_binade_spacing() {
-        assert_eq!(ulp_bf16(bf16::from_f32(1.0)), 2f64.powi(-7));
-        assert_eq!(ulp_bf16(bf16::from_f32(-1.99)), 2f64.powi(-7));
-        assert_eq!(ulp_bf16(bf16::from_f32(448.0)), 2.0);
-        assert_eq!(ulp_bf16(bf16::ZERO), 2f64.powi(-133));
-        assert_eq!(ulp_bf16(bf16::INFINITY), f64::INFINITY);
-    }
-
-    #[test]
-    fn calc_diff_is_zero_for_equal_data_and_two_for_opposite() {
-        assert_eq!(calc_diff(&[1.0, 2.0], &[1.0, 2.0]), 0.0);
-        assert_eq!(calc_diff(&[1.0, 2.0], &[-1.0, -2.0]), 2.0);
-        assert_eq!(calc_diff(&[0.0], &[0.0]), 0.0);
-    }
 
     #[test]
     fn same_bits_reports_the_first_difference() {

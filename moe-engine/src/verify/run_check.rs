@@ -3,7 +3,7 @@
 //! finalize) and on sampled rows and blocks where it is not (the GEMMs, weight quantization).
 
 use half::bf16;
-use moe_core::{Activation, Backend, BlockQuant, GroupedGemm, Scales, GROUP};
+use moe_core::{Activation, Backend, BlockQuant, GemmInputs, GroupedGemm, Scales, WeightsRef, GROUP};
 use moe_ref_cpu::NaiveCpu;
 use rayon::prelude::*;
 
@@ -27,21 +27,6 @@ pub(crate) fn bits_check(name: &str, equal: &[bool], elements: usize) -> Check {
         } else {
             "differs from NaiveCpu".into()
         },
-    }
-}
-
-/// `1 - 2Σxy / Σ(x² + y²)` in float64 (DeepGEMM's `calc_diff`).
-pub fn calc_diff(x: &[bf16], y: &[bf16]) -> f64 {
-    let (mut xy, mut sq) = (0f64, 0f64);
-    for (a, b) in x.iter().zip(y) {
-        let (a, b) = (a.to_f64(), b.to_f64());
-        xy += a * b;
-        sq += a * a + b * b;
-    }
-    if sq == 0.0 {
-        0.0
-    } else {
-        1.0 - 2.0 * xy / sq
     }
 }
 
@@ -108,11 +93,12 @@ pub(crate) fn check_gemm(
                         let sub_s: Vec<f32> = gather(&bits).into_iter().map(f32::from_bits).collect();
                         NaiveCpu.grouped_gemm_with_bound(
                             &sub,
-                            &a_sub,
-                            Scales::F32(&sub_s),
-                            b_sub,
-                            sb_sub,
-                            &counts,
+                            GemmInputs {
+                                a: &a_sub,
+                                sa: Scales::F32(&sub_s),
+                                b: WeightsRef { q: b_sub, s: sb_sub },
+                                counts: &counts,
+                            },
                             &mut d_ref,
                             &mut bound,
                         )?;
@@ -122,11 +108,12 @@ pub(crate) fn check_gemm(
                         let sub_s: Vec<i32> = gather(&words).into_iter().map(|v| v as i32).collect();
                         NaiveCpu.grouped_gemm_with_bound(
                             &sub,
-                            &a_sub,
-                            Scales::Packed(&sub_s),
-                            b_sub,
-                            sb_sub,
-                            &counts,
+                            GemmInputs {
+                                a: &a_sub,
+                                sa: Scales::Packed(&sub_s),
+                                b: WeightsRef { q: b_sub, s: sb_sub },
+                                counts: &counts,
+                            },
                             &mut d_ref,
                             &mut bound,
                         )?;
@@ -144,7 +131,7 @@ pub(crate) fn check_gemm(
                         rf.is_nan() && dut.is_nan()
                     } else {
                         let diff = (dut.to_f64() - rf.to_f64()).abs();
-                        let allowed = crate::verify::compare::ulp_bf16(rf) + contract.c() * bound[j * n + col];
+                        let allowed = moe_core::ulp_bf16(rf) + contract.c() * bound[j * n + col];
                         worst = worst.max(diff / allowed);
                         diff <= allowed
                     };

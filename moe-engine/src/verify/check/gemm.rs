@@ -1,6 +1,6 @@
 //! The checks of the grouped GEMM and the experts stage (bounded or exact, per the contract).
 
-use moe_core::{Backend, BatchedExperts, Experts, ExpertsWorkspace};
+use moe_core::{Backend, BatchedExperts, Experts, ExpertsWorkspace, GemmInputs, WeightsRef};
 use moe_ref_cpu::NaiveCpu;
 
 use super::*;
@@ -14,11 +14,30 @@ pub fn check_gemm<B: Backend + BatchedExperts + ?Sized>(dut: &B, c: &GemmCase, t
     let mut d1 = d0.clone();
     ref_ok(
         "grouped_gemm",
-        NaiveCpu.grouped_gemm_with_bound(p, &c.a, c.sa.view(), &c.b, &c.sb, &c.counts, &mut d0, &mut bound),
+        NaiveCpu.grouped_gemm_with_bound(
+            p,
+            GemmInputs {
+                a: &c.a,
+                sa: c.sa.view(),
+                b: WeightsRef { q: &c.b, s: &c.sb },
+                counts: &c.counts,
+            },
+            &mut d0,
+            &mut bound,
+        ),
     )?;
     dut_ok(
         "grouped_gemm",
-        dut.grouped_gemm(p, &c.a, c.sa.view(), &c.b, &c.sb, &c.counts, &mut d1),
+        dut.grouped_gemm(
+            p,
+            GemmInputs {
+                a: &c.a,
+                sa: c.sa.view(),
+                b: WeightsRef { q: &c.b, s: &c.sb },
+                counts: &c.counts,
+            },
+            &mut d1,
+        ),
     )?;
     untouched_rows("d", &d1, p.capacity(), p.n(), &c.counts, POISON_BF16 as u64)?;
     compare_gemm("d", &d1, &d0, &bound, p.capacity(), p.n(), &c.counts, tol)
@@ -33,8 +52,30 @@ pub fn check_gemm_rejects<B: Backend + BatchedExperts + ?Sized>(dut: &B, c: &Gem
         same_rejection(
             what,
             || poison_bf16(dn),
-            |o| NaiveCpu.grouped_gemm(p, &c.a, sa, &c.b, sb, counts, o),
-            |o| dut.grouped_gemm(p, &c.a, sa, &c.b, sb, counts, o),
+            |o| {
+                NaiveCpu.grouped_gemm(
+                    p,
+                    GemmInputs {
+                        a: &c.a,
+                        sa,
+                        b: WeightsRef { q: &c.b, s: sb },
+                        counts,
+                    },
+                    o,
+                )
+            },
+            |o| {
+                dut.grouped_gemm(
+                    p,
+                    GemmInputs {
+                        a: &c.a,
+                        sa,
+                        b: WeightsRef { q: &c.b, s: sb },
+                        counts,
+                    },
+                    o,
+                )
+            },
         )
     };
     for (what, counts) in bad_counts(&c.counts, p.capacity()) {
@@ -82,7 +123,17 @@ pub fn check_experts<B: Backend + BatchedExperts + ?Sized>(dut: &B, c: &ExpertsC
     let (mut h1, mut b1) = (poison_bf16(ws.h1.len()), vec![0f64; ws.h1.len()]);
     ref_ok(
         "gemm1",
-        NaiveCpu.grouped_gemm_with_bound(&g1, &c.a1q, c.a1s.view(), &c.w1, &c.w1s, &c.counts, &mut h1, &mut b1),
+        NaiveCpu.grouped_gemm_with_bound(
+            &g1,
+            GemmInputs {
+                a: &c.a1q,
+                sa: c.a1s.view(),
+                b: WeightsRef { q: &c.w1, s: &c.w1s },
+                counts: &c.counts,
+            },
+            &mut h1,
+            &mut b1,
+        ),
     )?;
     let o1 = compare_gemm("h1 (GEMM1)", &ws.h1, &h1, &b1, t, 2 * i, &c.counts, tol)?;
     // Stage 2: SiLU-mul-quant of the backend's h1.
@@ -99,7 +150,17 @@ pub fn check_experts<B: Backend + BatchedExperts + ?Sized>(dut: &B, c: &ExpertsC
     let (mut o, mut b2) = (poison_bf16(out.len()), vec![0f64; out.len()]);
     ref_ok(
         "gemm2",
-        NaiveCpu.grouped_gemm_with_bound(&g2, &ws.q2, ws.s2.view(), &c.w2, &c.w2s, &c.counts, &mut o, &mut b2),
+        NaiveCpu.grouped_gemm_with_bound(
+            &g2,
+            GemmInputs {
+                a: &ws.q2,
+                sa: ws.s2.view(),
+                b: WeightsRef { q: &c.w2, s: &c.w2s },
+                counts: &c.counts,
+            },
+            &mut o,
+            &mut b2,
+        ),
     )?;
     let o3 = compare_gemm("out (GEMM2 of the backend's q2)", &out, &o, &b2, t, k, &c.counts, tol)?;
 

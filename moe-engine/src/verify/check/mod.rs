@@ -13,7 +13,7 @@
 //! The checks return `Err(message)` instead of panicking, so that `moe diff` can count failures;
 //! the test suites turn them into assertions.
 
-use moe_core::{bf16, ExpertsInputs, MoeError, MoeResult, ScaleBuf, Scales, WeightsRef};
+use moe_core::{bf16, ExpertsInputs, MoeError, MoeResult, ScaleBuf, Scales};
 
 use crate::device::GemmContract;
 use crate::ops::*;
