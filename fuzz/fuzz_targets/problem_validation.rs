@@ -72,7 +72,7 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         let sb = vec![0f32; len(u, p.sb_shape().iter().fold(1usize, |a, b| a.saturating_mul(*b)))?];
         let _ = p.check(&a, &Scales::F32(&sa), &b, &sb, &counts, &[]);
     }
-    if let Ok(p) = Experts::new(e, t, k, n, fmt(u)?, Numerics::VllmBf16) {
+    if let Ok(p) = ExpertsStage::new(e, t, k, n, fmt(u)?, Numerics::VllmBf16) {
         let _ = (p.gemm1(), p.gemm2(), p.silu(), p.workspace_shapes(), p.a1s_shape());
         let w = WeightsRef { q: &[], s: &[] };
         let _ = p.check(&[], &Scales::F32(&[]), &w, &w, &counts, &[]);

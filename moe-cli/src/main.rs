@@ -46,7 +46,7 @@ fn op_parser() -> impl TypedValueParser<Value = Op> {
 #[command(
     name = "moe",
     version,
-    about = "FP8 block-quantized Mixture-of-Experts expert stage: run, check and call its operations"
+    about = "FP8 block-quantized Mixture-of-ExpertsStage expert stage: run, check and call its operations"
 )]
 struct Cli {
     #[command(subcommand)]

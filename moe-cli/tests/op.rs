@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use half::bf16;
 use moe_core::{
-    Activation, Backend, BatchedExperts, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, Numerics,
-    Prepare, ScaleBuf, ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
+    Activation, Backend, BatchedExperts, BlockQuant, ExpertsInputs, ExpertsStage, ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm,
+    Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
 use moe_engine::rng::Rng;
 use moe_ref_cpu::CpuBackend;
@@ -159,7 +159,7 @@ fn experts_matches_cpu_backend_apply() {
     let mut rng = Rng::new(5);
     let (e, t, k, i) = (2, 3, 256, 128);
     let fmt = ScaleFormat::F32CeilUe8m0;
-    let p = Experts::new(e, t, k, i, fmt, Numerics::VllmBf16).unwrap();
+    let p = ExpertsStage::new(e, t, k, i, fmt, Numerics::VllmBf16).unwrap();
     let a1q = rand_f8(&mut rng, e * t * k);
     let a1s: Vec<f32> = (0..e * 2 * t).map(|i| 2f32.powi(-(i as i32 % 7))).collect();
     let w1 = rand_f8(&mut rng, e * 2 * i * k);

@@ -8,7 +8,8 @@ use half::bf16;
 
 use crate::error::MoeError;
 use crate::problem::{
-    Activation, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, SiluMulQuant, TokenGroupQuant, WorkspaceShapes,
+    Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Prepare, SiluMulQuant, TokenGroupQuant,
+    WorkspaceShapes,
 };
 pub use crate::problem::{ExpertsInputs, GemmInputs};
 use crate::scale::{ScaleBuf, ScalesMut};
@@ -66,7 +67,7 @@ pub struct ExpertsWorkspace {
 
 impl ExpertsWorkspace {
     /// Zero-filled intermediates for `p`.
-    pub fn new(p: &Experts) -> Self {
+    pub fn new(p: &ExpertsStage) -> Self {
         let [h1, q2, s2] = Self::lens(p);
         Self {
             h1: vec![bf16::ZERO; h1],
@@ -76,14 +77,14 @@ impl ExpertsWorkspace {
     }
 
     /// The element counts of `h1`, `q2` and `s2` for `p` (the problem type bounds their products).
-    fn lens(p: &Experts) -> [usize; 3] {
+    fn lens(p: &ExpertsStage) -> [usize; 3] {
         let (e, t, i) = (p.experts(), p.capacity(), p.i());
         [e * t * 2 * i, e * t * i, p.silu().scale_shape().iter().product()]
     }
 
     /// Whether these buffers have the lengths and the scale storage kind `p` needs, computed
     /// from the shapes alone (nothing is allocated).
-    pub fn matches(&self, p: &Experts) -> bool {
+    pub fn matches(&self, p: &ExpertsStage) -> bool {
         let [h1, q2, s2] = Self::lens(p);
         self.h1.len() == h1 && self.q2.len() == q2 && self.s2.len() == s2 && self.s2.view().is_packed() == p.scale_format().is_packed()
     }
@@ -112,7 +113,7 @@ pub trait BatchedExperts: Backend {
     }
 
     /// vLLM's workspace shapes for `p`.
-    fn workspace_shapes(&self, p: &Experts) -> WorkspaceShapes {
+    fn workspace_shapes(&self, p: &ExpertsStage) -> WorkspaceShapes {
         p.workspace_shapes()
     }
 
@@ -120,7 +121,7 @@ pub trait BatchedExperts: Backend {
     ///
     /// The intermediates are left in `ws`. The provided implementation runs the three stages
     /// through the [`Backend`] methods; device backends override it to keep data resident.
-    fn apply(&self, p: &Experts, inputs: ExpertsInputs<'_>, ws: &mut ExpertsWorkspace, out: &mut [bf16]) -> MoeResult<()> {
+    fn apply(&self, p: &ExpertsStage, inputs: ExpertsInputs<'_>, ws: &mut ExpertsWorkspace, out: &mut [bf16]) -> MoeResult<()> {
         p.check(&inputs, out)?;
         // Reallocate only a workspace of the wrong shape; a matching one is reused as it is.
         if !ws.matches(p) {
@@ -151,18 +152,18 @@ mod tests {
 
     #[test]
     fn workspace_matches_compares_shapes_and_scale_kind_without_allocating() {
-        let p = Experts::new(2, 3, 256, 128, ScaleFormat::F32, Numerics::VllmBf16).unwrap();
+        let p = ExpertsStage::new(2, 3, 256, 128, ScaleFormat::F32, Numerics::VllmBf16).unwrap();
         let ws = ExpertsWorkspace::new(&p);
         assert!(ws.matches(&p));
         assert_eq!((ws.h1.len(), ws.q2.len(), ws.s2.len()), (2 * 3 * 256, 2 * 3 * 128, 2 * 3));
         // Another capacity, another intermediate size, another scale storage.
-        assert!(!ws.matches(&Experts::new(2, 4, 256, 128, ScaleFormat::F32, Numerics::VllmBf16).unwrap()));
-        assert!(!ws.matches(&Experts::new(2, 3, 256, 256, ScaleFormat::F32, Numerics::VllmBf16).unwrap()));
+        assert!(!ws.matches(&ExpertsStage::new(2, 4, 256, 128, ScaleFormat::F32, Numerics::VllmBf16).unwrap()));
+        assert!(!ws.matches(&ExpertsStage::new(2, 3, 256, 256, ScaleFormat::F32, Numerics::VllmBf16).unwrap()));
         // One group per row: packed scales have as many words as f32 scales have values.
-        let packed = Experts::new(2, 3, 256, 128, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
+        let packed = ExpertsStage::new(2, 3, 256, 128, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
         assert_eq!(ExpertsWorkspace::new(&packed).s2.len(), ws.s2.len());
         assert!(!ws.matches(&packed));
         // The ceil format stores f32 like the plain one.
-        assert!(ws.matches(&Experts::new(2, 3, 256, 128, ScaleFormat::F32CeilUe8m0, Numerics::F32).unwrap()));
+        assert!(ws.matches(&ExpertsStage::new(2, 3, 256, 128, ScaleFormat::F32CeilUe8m0, Numerics::F32).unwrap()));
     }
 }

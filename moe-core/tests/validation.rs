@@ -23,12 +23,12 @@ fn reduction_dims_must_be_multiples_of_128() {
         (GroupedGemm::new(1, 1, 128, 200, ScaleFormat::F32).unwrap_err(), "a", "K"),
         (GroupedGemm::new(1, 1, 100, 128, ScaleFormat::F32).unwrap_err(), "b", "N"),
         (
-            Experts::new(1, 1, 7000, 2048, ScaleFormat::F32, Numerics::F32).unwrap_err(),
+            ExpertsStage::new(1, 1, 7000, 2048, ScaleFormat::F32, Numerics::F32).unwrap_err(),
             "a1q",
             "K",
         ),
         (
-            Experts::new(1, 1, 7168, 2000, ScaleFormat::F32, Numerics::F32).unwrap_err(),
+            ExpertsStage::new(1, 1, 7168, 2000, ScaleFormat::F32, Numerics::F32).unwrap_err(),
             "w1",
             "I",
         ),
@@ -115,7 +115,7 @@ fn buffer_lengths_and_scale_kinds_are_checked_per_tensor() {
 
 #[test]
 fn experts_check_names_each_weight_tensor() {
-    let p = Experts::new(2, 4, 256, 128, ScaleFormat::F32CeilUe8m0, Numerics::VllmBf16).unwrap();
+    let p = ExpertsStage::new(2, 4, 256, 128, ScaleFormat::F32CeilUe8m0, Numerics::VllmBf16).unwrap();
     let a1q = vec![0u8; 2 * 4 * 256];
     let a1s = vec![1f32; 2 * 2 * 4];
     let w1 = vec![0u8; 2 * 256 * 256];
@@ -220,7 +220,7 @@ fn sizes_that_overflow_are_errors_not_panics() {
     let big = usize::MAX / 4;
     assert!(matches!(BlockQuant::new(big, big, big, false), Err(ProblemError::TooLarge { .. })));
     assert!(matches!(
-        Experts::new(big, 1, 128, 128, ScaleFormat::F32, Numerics::F32),
+        ExpertsStage::new(big, 1, 128, 128, ScaleFormat::F32, Numerics::F32),
         Err(ProblemError::TooLarge { .. })
     ));
     assert!(matches!(

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use moe_core::{
-    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Capabilities, DeviceError, Experts, ExpertsInputs,
+    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Capabilities, DeviceError, ExpertsInputs, ExpertsStage,
     ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, MoeResult, Prepare, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant,
     WeightsRef,
 };
@@ -388,13 +388,13 @@ impl BatchedExperts for CudaBackend {
     }
 
     /// Runs the three stages device-resident (one upload, one download) through the same
-    /// stage code as [`CudaExperts`](crate::CudaExperts), and copies the intermediates into
+    /// stage code as [`ResidentExperts`](crate::ResidentExperts), and copies the intermediates into
     /// `ws`.
     ///
     /// A `ws` of the wrong shapes is replaced by one of the right shapes (like the CPU's);
     /// this is decided from the shapes, without allocating. `ws` and `out` are written only
     /// once every download succeeded: on any error both are left as they were.
-    fn apply(&self, p: &Experts, inputs: ExpertsInputs<'_>, ws: &mut ExpertsWorkspace, out: &mut [bf16]) -> MoeResult<()> {
+    fn apply(&self, p: &ExpertsStage, inputs: ExpertsInputs<'_>, ws: &mut ExpertsWorkspace, out: &mut [bf16]) -> MoeResult<()> {
         const OP: &str = "experts";
         p.check(&inputs, out)?;
         stage::check_dims(p)?;

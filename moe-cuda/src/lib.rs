@@ -12,7 +12,7 @@
 //! every kernel, so nothing is read or written out of bounds whatever they hold.
 //! Every host-slice call writes its outputs only once the whole call succeeded (downloads are
 //! staged in host temporaries), and rejects dimensions its 32-bit kernel indices cannot reach
-//! with a `ProblemError` naming the tensor and dimension. `CudaExperts` keeps the experts
+//! with a `ProblemError` naming the tensor and dimension. `ResidentExperts` keeps the experts
 //! stage's buffers on the device, with the weights uploaded once and the activations per
 //! step, enqueues it without host synchronization and captures it in a CUDA graph.
 //!
@@ -26,7 +26,7 @@
 //! indexes them). Private modules: `memory` (uploads, staged downloads, casts), `launch` (every
 //! launch, through one `cuLaunchKernelEx` helper), `limits` (the dimensions the kernels index),
 //! `stage` (the experts stage's buffers and launches, used by `CudaBackend::apply` and
-//! `CudaExperts`; `experts` depends on `backend`, never the reverse). This is the only crate of
+//! `ResidentExperts`; `experts` depends on `backend`, never the reverse). This is the only crate of
 //! the workspace with `unsafe`, each block with a `// SAFETY:` proof.
 //!
 //! Without the `cuda` feature the crate holds only the kernel sources ([`KernelId`]).
@@ -44,20 +44,20 @@ pub mod compile;
 #[cfg(feature = "cuda")]
 mod device;
 #[cfg(feature = "cuda")]
-mod experts;
-#[cfg(feature = "cuda")]
 mod launch;
 #[cfg(feature = "cuda")]
 mod limits;
 #[cfg(feature = "cuda")]
 mod memory;
 #[cfg(feature = "cuda")]
+mod resident;
+#[cfg(feature = "cuda")]
 mod stage;
 
 #[cfg(feature = "cuda")]
 pub use backend::CudaBackend;
 #[cfg(feature = "cuda")]
-pub use experts::{CountsMode, CudaExperts};
+pub use resident::{CountsMode, ResidentExperts};
 
 /// Whether this build contains the CUDA backend (the `cuda` feature).
 pub const ENABLED: bool = cfg!(feature = "cuda");

@@ -1,5 +1,5 @@
 //! The experts stage on device buffers, shared by [`CudaBackend`](crate::CudaBackend)'s
-//! host-slice `apply` and by [`CudaExperts`](crate::CudaExperts): the buffers, their validated
+//! host-slice `apply` and by [`ResidentExperts`](crate::ResidentExperts): the buffers, their validated
 //! uploads and staged downloads, and the four launches of one step.
 //!
 //! The buffers are split by lifetime: [`Weights`] (uploaded once, kept resident),
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
-use moe_core::{check_counts, check_len, DeviceError, Experts, ExpertsWorkspace, MoeResult, ProblemError, Scales, WeightsRef};
+use moe_core::{check_counts, check_len, DeviceError, ExpertsStage, ExpertsWorkspace, MoeResult, ProblemError, Scales, WeightsRef};
 
 use crate::launch::{Launcher, GEMM_BM};
 use crate::limits;
@@ -64,12 +64,12 @@ impl HostWork {
 }
 
 /// Rejects a problem whose dimensions the kernels cannot index.
-pub(crate) fn check_dims(p: &Experts) -> Result<(), ProblemError> {
+pub(crate) fn check_dims(p: &ExpertsStage) -> Result<(), ProblemError> {
     limits::experts(p.experts(), p.capacity(), p.k(), p.i())
 }
 
 /// Validates `ws` against `p`'s intermediates, naming the first wrong tensor.
-pub(crate) fn check_workspace(p: &Experts, ws: &ExpertsWorkspace) -> Result<(), ProblemError> {
+pub(crate) fn check_workspace(p: &ExpertsStage, ws: &ExpertsWorkspace) -> Result<(), ProblemError> {
     let (e, t, i) = (p.experts(), p.capacity(), p.i());
     check_len("h1", ws.h1.len(), &[e, t, 2 * i])?;
     check_len("q2", ws.q2.len(), &[e, t, i])?;
@@ -79,7 +79,7 @@ pub(crate) fn check_workspace(p: &Experts, ws: &ExpertsWorkspace) -> Result<(), 
 
 impl Weights {
     /// Zero-filled weights for `p`.
-    pub(crate) fn alloc(stream: &Arc<CudaStream>, p: &Experts) -> Result<Self, DeviceError> {
+    pub(crate) fn alloc(stream: &Arc<CudaStream>, p: &ExpertsStage) -> Result<Self, DeviceError> {
         let (e, k, i) = (p.experts(), p.k(), p.i());
         Ok(Weights {
             w1: alloc(stream, e * 2 * i * k, OP)?,
@@ -89,8 +89,8 @@ impl Weights {
         })
     }
 
-    /// Validates `w1` and `w2` exactly like `Experts::check`, then uploads them.
-    pub(crate) fn upload(&mut self, stream: &Arc<CudaStream>, p: &Experts, w1: &WeightsRef<'_>, w2: &WeightsRef<'_>) -> MoeResult<()> {
+    /// Validates `w1` and `w2` exactly like `ExpertsStage::check`, then uploads them.
+    pub(crate) fn upload(&mut self, stream: &Arc<CudaStream>, p: &ExpertsStage, w1: &WeightsRef<'_>, w2: &WeightsRef<'_>) -> MoeResult<()> {
         let (e, k, i) = (p.experts(), p.k(), p.i());
         check_len("w1", w1.q.len(), &[e, 2 * i, k])?;
         check_len("w1s", w1.s.len(), &p.gemm1().sb_shape())?;
@@ -106,7 +106,7 @@ impl Weights {
 
 impl Activations {
     /// Zero-filled activations and counts for `p`.
-    pub(crate) fn alloc(stream: &Arc<CudaStream>, p: &Experts) -> Result<Self, DeviceError> {
+    pub(crate) fn alloc(stream: &Arc<CudaStream>, p: &ExpertsStage) -> Result<Self, DeviceError> {
         let (e, t, k) = (p.experts(), p.capacity(), p.k());
         Ok(Activations {
             a1q: alloc(stream, e * t * k, OP)?,
@@ -115,8 +115,15 @@ impl Activations {
         })
     }
 
-    /// Validates `a1q`, `a1s` and `counts` exactly like `Experts::check`, then uploads them.
-    pub(crate) fn upload(&mut self, stream: &Arc<CudaStream>, p: &Experts, a1q: &[u8], a1s: &Scales<'_>, counts: &[i32]) -> MoeResult<()> {
+    /// Validates `a1q`, `a1s` and `counts` exactly like `ExpertsStage::check`, then uploads them.
+    pub(crate) fn upload(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        p: &ExpertsStage,
+        a1q: &[u8],
+        a1s: &Scales<'_>,
+        counts: &[i32],
+    ) -> MoeResult<()> {
         let (e, t, k) = (p.experts(), p.capacity(), p.k());
         check_len("a1q", a1q.len(), &[e, t, k])?;
         let sh = p.a1s_shape();
@@ -129,7 +136,7 @@ impl Activations {
     }
 
     /// Overwrites the device counts with any `E` values (not range-checked).
-    pub(crate) fn set_counts(&mut self, stream: &Arc<CudaStream>, p: &Experts, counts: &[i32]) -> MoeResult<()> {
+    pub(crate) fn set_counts(&mut self, stream: &Arc<CudaStream>, p: &ExpertsStage, counts: &[i32]) -> MoeResult<()> {
         check_len("counts", counts.len(), &[p.experts()])?;
         upload_into(stream, counts, &mut self.counts, OP)?;
         Ok(())
@@ -138,7 +145,7 @@ impl Activations {
 
 impl Work {
     /// Zero-filled intermediates and output for `p`.
-    pub(crate) fn alloc(stream: &Arc<CudaStream>, p: &Experts) -> Result<Self, DeviceError> {
+    pub(crate) fn alloc(stream: &Arc<CudaStream>, p: &ExpertsStage) -> Result<Self, DeviceError> {
         let (e, t, k, i) = (p.experts(), p.capacity(), p.k(), p.i());
         Ok(Work {
             h1: alloc(stream, e * t * 2 * i, OP)?,
@@ -151,14 +158,14 @@ impl Work {
     }
 
     /// Uploads the caller's output (its rows past `counts` keep these values).
-    pub(crate) fn upload_output(&mut self, stream: &Arc<CudaStream>, p: &Experts, out: &[bf16]) -> MoeResult<()> {
+    pub(crate) fn upload_output(&mut self, stream: &Arc<CudaStream>, p: &ExpertsStage, out: &[bf16]) -> MoeResult<()> {
         check_len("out", out.len(), &p.workspace_shapes().output)?;
         upload_into(stream, bf16_bits(out), &mut self.out, OP)?;
         Ok(())
     }
 
     /// Uploads the intermediates (so that their rows past `counts` round-trip unchanged).
-    pub(crate) fn upload_workspace(&mut self, stream: &Arc<CudaStream>, p: &Experts, ws: &ExpertsWorkspace) -> MoeResult<()> {
+    pub(crate) fn upload_workspace(&mut self, stream: &Arc<CudaStream>, p: &ExpertsStage, ws: &ExpertsWorkspace) -> MoeResult<()> {
         check_workspace(p, ws)?;
         upload_into(stream, bf16_bits(&ws.h1), &mut self.h1, OP)?;
         upload_into(stream, &ws.q2, &mut self.q2, OP)?;
@@ -185,7 +192,7 @@ impl Work {
 /// Enqueues one step of the stage on `l`'s stream: the counts prefix, GEMM1, SiLU-mul-quant,
 /// GEMM2. Every grid depends on the shape only and every kernel clamps the device counts, so
 /// the sequence allocates nothing, synchronizes nothing and can be captured in a graph.
-pub(crate) fn enqueue(l: &Launcher<'_>, p: &Experts, w: &Weights, a: &Activations, work: &mut Work) -> Result<(), DeviceError> {
+pub(crate) fn enqueue(l: &Launcher<'_>, p: &ExpertsStage, w: &Weights, a: &Activations, work: &mut Work) -> Result<(), DeviceError> {
     let (e, t, k, i) = (p.experts(), p.capacity(), p.k(), p.i());
     let fmt = p.scale_format();
     l.counts_prefix(&a.counts, e, t, GEMM_BM, &mut work.prefix, &mut work.tile_prefix)?;
@@ -224,7 +231,7 @@ mod tests {
 
     #[test]
     fn the_workspace_is_checked_from_the_shapes_alone() {
-        let p = Experts::new(3, 5, 256, 384, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
+        let p = ExpertsStage::new(3, 5, 256, 384, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
         let good = ExpertsWorkspace::new(&p);
         assert!(check_workspace(&p, &good).is_ok());
         let mut ws = good.clone();
@@ -247,9 +254,9 @@ mod tests {
 
     #[test]
     fn the_experts_dimensions_go_through_the_kernel_limits() {
-        let p = Experts::new(1 << 16, 1 << 15, 128, 128, ScaleFormat::F32, Numerics::F32).unwrap();
+        let p = ExpertsStage::new(1 << 16, 1 << 15, 128, 128, ScaleFormat::F32, Numerics::F32).unwrap();
         assert!(check_dims(&p).is_err());
-        let p = Experts::new(8, 256, 7168, 2048, ScaleFormat::F32, Numerics::F32).unwrap();
+        let p = ExpertsStage::new(8, 256, 7168, 2048, ScaleFormat::F32, Numerics::F32).unwrap();
         assert!(check_dims(&p).is_ok());
     }
 }

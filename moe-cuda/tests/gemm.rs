@@ -10,10 +10,10 @@ mod common;
 use common::*;
 use moe_core::scale::pack_ue8m0;
 use moe_core::{
-    bf16, check_counts, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize,
-    GemmInputs, GroupedGemm, MoeError, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout, SiluMulQuant, WeightsRef, GROUP,
+    bf16, check_counts, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, ExpertsInputs, ExpertsStage, ExpertsWorkspace,
+    Finalize, GemmInputs, GroupedGemm, MoeError, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout, SiluMulQuant, WeightsRef, GROUP,
 };
-use moe_cuda::{CountsMode, CudaExperts};
+use moe_cuda::{CountsMode, ResidentExperts};
 use moe_ref_cpu::NaiveCpu;
 
 /// Activation scales `(E, cols, T)` in `fmt`: random positive f32, powers of two for the ceil
@@ -164,7 +164,7 @@ fn grouped_gemm_is_within_the_bound_and_measures_c() {
 
 type ExpertsData = (Vec<u8>, ScaleBuf, Vec<u8>, Vec<f32>, Vec<u8>, Vec<f32>);
 
-fn random_experts(rng: &mut Rng, p: &Experts) -> ExpertsData {
+fn random_experts(rng: &mut Rng, p: &ExpertsStage) -> ExpertsData {
     let (e, t, k, i) = (p.experts(), p.capacity(), p.k(), p.i());
     // Activations through the CPU quantizer, so that they look like real ones.
     let x = to_bf16(&values_with_specials(rng, e * t * k, false));
@@ -196,7 +196,7 @@ fn experts_apply_is_checked_stage_by_stage() {
     for &(e, t, k, i) in shapes {
         for fmt in ScaleFormat::ALL {
             for numerics in Numerics::ALL {
-                let p = Experts::new(e, t, k, i, fmt, numerics).unwrap();
+                let p = ExpertsStage::new(e, t, k, i, fmt, numerics).unwrap();
                 let (a1q, a1s, w1, w1s, w2, w2s) = random_experts(&mut rng, &p);
                 let cnt = counts(&mut rng, e, t);
                 let inputs = ExpertsInputs {
@@ -287,7 +287,7 @@ fn experts_apply_is_checked_stage_by_stage() {
     );
 }
 
-fn eager(ex: &mut CudaExperts, counts: &[i32], out0: &[bf16]) -> Vec<bf16> {
+fn eager(ex: &mut ResidentExperts, counts: &[i32], out0: &[bf16]) -> Vec<bf16> {
     ex.set_counts(counts).unwrap();
     ex.upload_output(out0).unwrap();
     ex.apply_on_stream(CountsMode::Unchecked).unwrap();
@@ -296,7 +296,7 @@ fn eager(ex: &mut CudaExperts, counts: &[i32], out0: &[bf16]) -> Vec<bf16> {
     out
 }
 
-fn replay(ex: &mut CudaExperts, counts: &[i32], out0: &[bf16]) -> Vec<bf16> {
+fn replay(ex: &mut ResidentExperts, counts: &[i32], out0: &[bf16]) -> Vec<bf16> {
     ex.set_counts(counts).unwrap();
     ex.upload_output(out0).unwrap();
     ex.replay_graph().unwrap();
@@ -310,7 +310,7 @@ fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
     let Some(gpu) = gpu("graph_replay") else { return };
     let mut rng = Rng::new(12);
     let (e, t, k, i) = if small() { (3, 20, 256, 128) } else { (4, 70, 512, 256) };
-    let p = Experts::new(e, t, k, i, ScaleFormat::F32CeilUe8m0, Numerics::VllmBf16).unwrap();
+    let p = ExpertsStage::new(e, t, k, i, ScaleFormat::F32CeilUe8m0, Numerics::VllmBf16).unwrap();
     let (a1q, a1s, w1, w1s, w2, w2s) = random_experts(&mut rng, &p);
     let cnt0 = counts(&mut rng, e, t);
     let inputs = ExpertsInputs {
@@ -402,10 +402,10 @@ fn resident_weights_serve_many_steps_with_new_activations() {
     let Some(gpu) = gpu("resident_weights") else { return };
     let mut rng = Rng::new(14);
     let (e, t, k, i) = if small() { (2, 20, 256, 128) } else { (4, 50, 512, 256) };
-    let p = Experts::new(e, t, k, i, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
+    let p = ExpertsStage::new(e, t, k, i, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
     let (_, _, w1, w1s, w2, w2s) = random_experts(&mut rng, &p);
     let (w1r, w2r) = (WeightsRef { q: &w1, s: &w1s }, WeightsRef { q: &w2, s: &w2s });
-    let mut ex = CudaExperts::new(gpu, p).unwrap();
+    let mut ex = ResidentExperts::new(gpu, p).unwrap();
     let out0 = vec![bf16::from_bits(0x7F81); e * t * k];
     // Before the weights: refused, nothing written.
     let (a1q, a1s, ..) = random_experts(&mut rng, &p);
@@ -531,7 +531,7 @@ fn experts_graph_replay_timing_on_a_deepseek_shape() {
     // Not a performance claim (fast kernels are a later issue): a first figure for the record.
     let (e, t, k, i) = if small() { (2, 16, 256, 128) } else { (8, 64, 7168, 2048) };
     let mut rng = Rng::new(13);
-    let p = Experts::new(e, t, k, i, ScaleFormat::F32CeilUe8m0, Numerics::VllmBf16).unwrap();
+    let p = ExpertsStage::new(e, t, k, i, ScaleFormat::F32CeilUe8m0, Numerics::VllmBf16).unwrap();
     let a1q = e4m3_bytes(&mut rng, e * t * k);
     let a1s = act_scales(&mut rng, ScaleFormat::F32CeilUe8m0, e, t, k / GROUP);
     let w1 = e4m3_bytes(&mut rng, e * 2 * i * k);

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use float8::F8E4M3;
 use half::bf16;
 use moe_core::{
-    Activation, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, Numerics, Prepare, ScaleBuf,
+    Activation, BlockQuant, ExpertsInputs, ExpertsStage, ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, Numerics, Prepare, ScaleBuf,
     ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
 use ndarray::{Array, Array1, Array2, Array3, ArrayView, ArrayView1, ArrayView2, ArrayView3, Dimension, Ix2, Ix3};
@@ -228,7 +228,7 @@ pub fn experts(
 ) -> Result<Array3<bf16>, EngineError> {
     let (e, t, k) = acts.a1q.dim();
     let i = weights.w2.q.dim().2;
-    let p = Experts::new(e, t, k, i, acts.fmt, numerics)?;
+    let p = ExpertsStage::new(e, t, k, i, acts.fmt, numerics)?;
     let (sf, sp, packed) = acts.a1s.scales();
     let (a1q, counts) = (f8_bytes(acts.a1q.view()), contiguous(acts.counts.view()));
     let (w1q, w1s) = (f8_bytes(weights.w1.q.view()), contiguous(weights.w1.s.view()));

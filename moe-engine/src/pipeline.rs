@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use half::bf16;
 use moe_core::{
-    estimate_expected_m, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace,
-    Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics, Prepare, ScaleBuf, ScaleFormat, ScalesMut, SiluMulQuant, TokenGroupQuant,
-    WeightsRef, GROUP,
+    estimate_expected_m, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, ExpertsInputs, ExpertsStage,
+    ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics, Prepare, ScaleBuf, ScaleFormat, ScalesMut, SiluMulQuant,
+    TokenGroupQuant, WeightsRef, GROUP,
 };
 use moe_ref_cpu::{CpuBackend, NaiveCpu};
 
@@ -183,7 +183,7 @@ pub fn run(cfg: &RunConfig, device: &Device, progress: &dyn Fn(&str)) -> Result<
     let t_start = Instant::now();
     let (e, t, k, i, m, topk) = (cfg.experts, cfg.capacity, cfg.hidden, cfg.intermediate, cfg.tokens, cfg.topk);
     let (fmt, numerics) = (cfg.scale_fmt, cfg.numerics);
-    let experts = Experts::new(e, t, k, i, fmt, numerics)?;
+    let experts = ExpertsStage::new(e, t, k, i, fmt, numerics)?;
     let prep = Prepare::new(m, k, topk, e, t, fmt)?;
     let fin = Finalize::new(m, k, topk, e, t)?;
 

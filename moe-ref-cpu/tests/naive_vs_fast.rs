@@ -323,7 +323,7 @@ fn bad_input_is_rejected_before_any_write() {
 #[test]
 fn experts_apply_reuses_a_matching_workspace_and_replaces_a_mismatched_one() {
     let (e, t, k, i) = (2, 3, 128, 128);
-    let p = Experts::new(e, t, k, i, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
+    let p = ExpertsStage::new(e, t, k, i, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
     let mut rng = Rng(11);
     let a1q = rng.e4m3s(e * t * k);
     let a1s = vec![0x7F7F_7F7Fi32; e * t];
@@ -345,7 +345,7 @@ fn experts_apply_reuses_a_matching_workspace_and_replaces_a_mismatched_one() {
         be.apply(&p, inputs, &mut ws, &mut out).unwrap();
         assert_eq!((ws.h1.as_ptr(), ws.q2.as_ptr()), ptrs, "a matching workspace is reused");
         // A workspace of another problem is replaced by one that fits, with the same result.
-        let mut small = ExpertsWorkspace::new(&Experts::new(1, 1, 128, 128, ScaleFormat::F32, Numerics::F32).unwrap());
+        let mut small = ExpertsWorkspace::new(&ExpertsStage::new(1, 1, 128, 128, ScaleFormat::F32, Numerics::F32).unwrap());
         let mut out2 = vec![bf16::ZERO; e * t * k];
         be.apply(&p, inputs, &mut small, &mut out2).unwrap();
         assert!(small.matches(&p));

@@ -18,7 +18,7 @@
 //! The number of cases per property comes from `PROPTEST_CASES` (default [`DEFAULT_CASES`]).
 
 use moe_core::{
-    bf16, e4m3_to_f32, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Numerics, Prepare, Routing, ScaleBuf,
+    bf16, e4m3_to_f32, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Numerics, Prepare, Routing, ScaleBuf,
     ScaleFormat, ScaleLayout, SiluMulQuant, TokenGroupQuant, GROUP,
 };
 use proptest::collection::vec;
@@ -318,7 +318,7 @@ pub fn gemm_case() -> impl Strategy<Value = GemmCase> {
 pub fn experts_case() -> impl Strategy<Value = ExpertsCase> {
     (1usize..=2, 1usize..=5, 1usize..=2, 1usize..=2, scale_format(), numerics()).prop_flat_map(|(e, t, kb, ib, fmt, num)| {
         let (k, i) = (kb * GROUP, ib * GROUP);
-        let p = Experts::new(e, t, k, i, fmt, num).expect("valid shape");
+        let p = ExpertsStage::new(e, t, k, i, fmt, num).expect("valid shape");
         let san: usize = p.a1s_shape().iter().product();
         let ws = (1.0f32..2.0, -14i32..=-6).prop_map(|(m, x)| m * 2f32.powi(x));
         (

@@ -133,7 +133,7 @@ pub struct WeightsRef<'a> {
 
 /// The batched experts stage (SPEC §5.4): `out = GEMM2(silu_mul_quant(GEMM1(a1q, w1)), w2)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Experts {
+pub struct ExpertsStage {
     pub(super) e: usize,
     pub(super) t: usize,
     pub(super) k: usize,
@@ -154,7 +154,7 @@ pub struct WorkspaceShapes {
     pub output: [usize; 3],
 }
 
-impl Experts {
+impl ExpertsStage {
     /// `K` and `I` positive multiples of 128.
     pub fn new(e: usize, t: usize, k: usize, i: usize, fmt: ScaleFormat, numerics: Numerics) -> Result<Self> {
         at_least("a1q", "E", e, 1)?;
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn experts_workspace_shapes_match_vllm() {
-        let p = Experts::new(8, 64, 7168, 2048, ScaleFormat::F32, Numerics::VllmBf16).unwrap();
+        let p = ExpertsStage::new(8, 64, 7168, 2048, ScaleFormat::F32, Numerics::VllmBf16).unwrap();
         let w = p.workspace_shapes();
         assert_eq!(w.ws13, [8, 64, 7168]);
         assert_eq!(w.ws2, [8, 64, 2048]);

@@ -15,6 +15,6 @@ mod quant;
 mod routing;
 
 pub use checks::{check_counts, check_len, clamp_count};
-pub use gemm::{Experts, ExpertsInputs, GemmInputs, GroupedGemm, WeightsRef, WorkspaceShapes};
+pub use gemm::{ExpertsInputs, ExpertsStage, GemmInputs, GroupedGemm, WeightsRef, WorkspaceShapes};
 pub use quant::{Activation, BatchedTokenGroupQuant, BlockQuant, SiluMulQuant, TokenGroupQuant};
 pub use routing::{Finalize, Prepare, Routing, RoutingDims};

@@ -3,8 +3,8 @@
 //! both run them through the same code.
 
 use moe_core::{
-    bf16, Activation, BatchedTokenGroupQuant, BlockQuant, Experts, ExpertsInputs, Finalize, GroupedGemm, Prepare, ScaleBuf, SiluMulQuant,
-    TokenGroupQuant, WeightsRef,
+    bf16, Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsInputs, ExpertsStage, Finalize, GroupedGemm, Prepare, ScaleBuf,
+    SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
 
 /// An owned activation tensor, bf16 or f32.
@@ -104,7 +104,7 @@ pub struct GemmCase {
 #[derive(Debug, Clone)]
 pub struct ExpertsCase {
     /// The validated problem.
-    pub p: Experts,
+    pub p: ExpertsStage,
     /// The E4M3 activations `(E, T, K)`.
     pub a1q: Vec<u8>,
     /// Their MN-major scales.

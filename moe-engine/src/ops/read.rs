@@ -1,8 +1,8 @@
 //! Reading and validating the inputs of an operation from the bytes of a safetensors file.
 
 use moe_core::{
-    check_counts, estimate_expected_m, BlockQuant, Experts, Finalize, GroupedGemm, Prepare, ProblemError, Routing, ScaleBuf, ScaleFormat,
-    ScaleLayout, SiluMulQuant, TokenGroupQuant, GROUP,
+    check_counts, estimate_expected_m, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Prepare, ProblemError, Routing, ScaleBuf,
+    ScaleFormat, ScaleLayout, SiluMulQuant, TokenGroupQuant, GROUP,
 };
 use safetensors::Dtype;
 
@@ -130,7 +130,7 @@ pub fn read_inputs(op: Op, opts: &OpOptions, bytes: &[u8]) -> Result<OpInputs, I
                 }
                 .into());
             }
-            let p = Experts::new(e, t, k, w1sh[1] / 2, fmt, opts.numerics)?;
+            let p = ExpertsStage::new(e, t, k, w1sh[1] / 2, fmt, opts.numerics)?;
             let a1s = scales(
                 &f,
                 "a1s",

@@ -6,7 +6,7 @@
 //! (SPEC §7).
 
 use moe_core::{
-    bf16, BatchedTokenGroupQuant, BlockQuant, Experts, Finalize, GroupedGemm, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout,
+    bf16, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout,
     SiluMulQuant, TokenGroupQuant, GROUP,
 };
 
@@ -188,7 +188,7 @@ impl ExpertsCase {
         let (e, t) = (1 + r.below(2), 1 + r.below(6));
         let (k, i) = (GROUP * (1 + r.below(2)), GROUP * (1 + r.below(2)));
         let fmt = any_format(r);
-        let p = Experts::new(e, t, k, i, fmt, Numerics::ALL[r.below(2)]).expect("valid shape");
+        let p = ExpertsStage::new(e, t, k, i, fmt, Numerics::ALL[r.below(2)]).expect("valid shape");
         let a1q = r.e4m3s(e * t * k);
         let a1s = scales_for(r, fmt, e, t, k / GROUP, hard);
         let w1 = r.e4m3s(e * 2 * i * k);

@@ -1,6 +1,6 @@
 //! The checks of the grouped GEMM and the experts stage (bounded or exact, per the contract).
 
-use moe_core::{Backend, BatchedExperts, Experts, ExpertsWorkspace, GemmInputs, WeightsRef};
+use moe_core::{Backend, BatchedExperts, ExpertsStage, ExpertsWorkspace, GemmInputs, WeightsRef};
 use moe_ref_cpu::NaiveCpu;
 
 use super::*;
@@ -94,7 +94,7 @@ pub fn check_gemm_rejects<B: Backend + BatchedExperts + ?Sized>(dut: &B, c: &Gem
 // ---------------------------------------------------------------------------------------------
 // The batched experts stage.
 
-fn poisoned_workspace(p: &Experts) -> ExpertsWorkspace {
+fn poisoned_workspace(p: &ExpertsStage) -> ExpertsWorkspace {
     let ws = ExpertsWorkspace::new(p);
     ExpertsWorkspace {
         h1: poison_bf16(ws.h1.len()),

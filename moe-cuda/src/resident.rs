@@ -1,4 +1,4 @@
-//! [`CudaExperts`]: the batched experts stage with device-resident buffers, weights uploaded
+//! [`ResidentExperts`]: the batched experts stage with device-resident buffers, weights uploaded
 //! once, activations per step, an enqueue-only `apply_on_stream`, and a CUDA-graph path.
 //!
 //! The stage is four launches on the object's own (non-default) stream: the counts prefix,
@@ -16,7 +16,7 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaStream};
 use half::bf16;
 use moe_core::{
-    check_counts, check_len, DeviceError, Experts, ExpertsInputs, ExpertsWorkspace, MoeResult, ProblemError, Scales, WeightsRef,
+    check_counts, check_len, DeviceError, ExpertsInputs, ExpertsStage, ExpertsWorkspace, MoeResult, ProblemError, Scales, WeightsRef,
 };
 
 use crate::backend::CudaBackend;
@@ -39,22 +39,22 @@ pub enum CountsMode {
 
 /// The experts stage with its buffers on the device.
 ///
-/// Typical use: [`CudaBackend::experts`] (or [`CudaExperts::new`]), [`upload_weights`] once,
+/// Typical use: [`CudaBackend::experts`] (or [`ResidentExperts::new`]), [`upload_weights`] once,
 /// then per step either [`step`] (host activations in, host output back), or
 /// [`upload_activations`] + [`apply_on_stream`] / [`replay_graph`] + [`download_output`].
 ///
-/// [`upload_weights`]: CudaExperts::upload_weights
-/// [`step`]: CudaExperts::step
-/// [`upload_activations`]: CudaExperts::upload_activations
-/// [`apply_on_stream`]: CudaExperts::apply_on_stream
-/// [`replay_graph`]: CudaExperts::replay_graph
-/// [`download_output`]: CudaExperts::download_output
+/// [`upload_weights`]: ResidentExperts::upload_weights
+/// [`step`]: ResidentExperts::step
+/// [`upload_activations`]: ResidentExperts::upload_activations
+/// [`apply_on_stream`]: ResidentExperts::apply_on_stream
+/// [`replay_graph`]: ResidentExperts::replay_graph
+/// [`download_output`]: ResidentExperts::download_output
 ///
 /// Field order matters: the graph is dropped before the buffers it references.
 #[derive(Debug)]
-pub struct CudaExperts {
+pub struct ResidentExperts {
     graph: Option<GraphHolder>,
-    p: Experts,
+    p: ExpertsStage,
     dev: Arc<Device>,
     stream: Arc<CudaStream>,
     weights: Weights,
@@ -75,16 +75,16 @@ const OP: &str = "experts";
 
 impl CudaBackend {
     /// The experts stage for `p` on this backend's GPU, on a new stream; same as
-    /// [`CudaExperts::new`].
-    pub fn experts(&self, p: Experts) -> MoeResult<CudaExperts> {
-        CudaExperts::new(self, p)
+    /// [`ResidentExperts::new`].
+    pub fn experts(&self, p: ExpertsStage) -> MoeResult<ResidentExperts> {
+        ResidentExperts::new(self, p)
     }
 }
 
-impl CudaExperts {
+impl ResidentExperts {
     /// Zero-initialized device buffers for `p` on a new stream of `backend`'s GPU. Compiles the
     /// stage's kernels now (nothing may compile inside a graph capture).
-    pub fn new(backend: &CudaBackend, p: Experts) -> MoeResult<Self> {
+    pub fn new(backend: &CudaBackend, p: ExpertsStage) -> MoeResult<Self> {
         stage::check_dims(&p)?;
         let dev = backend.dev.clone();
         let stream = dev.ctx().new_stream().map_err(driver_err("stream creation"))?;
@@ -104,7 +104,7 @@ impl CudaExperts {
     }
 
     /// The problem.
-    pub fn problem(&self) -> &Experts {
+    pub fn problem(&self) -> &ExpertsStage {
         &self.p
     }
 
@@ -114,7 +114,7 @@ impl CudaExperts {
     }
 
     /// Uploads `w1 (E, 2I, K)` and `w2 (E, K, I)` with their scales, validated like
-    /// `Experts::check`. They stay resident for every later step (and graph replay) until the
+    /// `ExpertsStage::check`. They stay resident for every later step (and graph replay) until the
     /// next call.
     pub fn upload_weights(&mut self, w1: WeightsRef<'_>, w2: WeightsRef<'_>) -> MoeResult<()> {
         self.weights.upload(&self.stream, &self.p, &w1, &w2)?;
@@ -128,7 +128,7 @@ impl CudaExperts {
     }
 
     /// Uploads one step's activations `a1q (E, T, K)`, their scales and `counts`, validated
-    /// like `Experts::check` (counts included: use [`Self::set_counts`] for unchecked values).
+    /// like `ExpertsStage::check` (counts included: use [`Self::set_counts`] for unchecked values).
     pub fn upload_activations(&mut self, a1q: &[u8], a1s: Scales<'_>, counts: &[i32]) -> MoeResult<()> {
         self.acts.upload(&self.stream, &self.p, a1q, &a1s, counts)
     }
@@ -165,7 +165,7 @@ impl CudaExperts {
     pub fn step(&mut self, a1q: &[u8], a1s: Scales<'_>, counts: &[i32], out: &mut [bf16]) -> MoeResult<()> {
         if !self.has_weights {
             return Err(ProblemError::Unsupported {
-                what: "CudaExperts::step before upload_weights".into(),
+                what: "ResidentExperts::step before upload_weights".into(),
             }
             .into());
         }
