@@ -26,7 +26,7 @@
 //! indexes them). Private modules: `memory` (uploads, staged downloads, casts), `launch` (every
 //! launch, through one `cuLaunchKernelEx` helper), `limits` (the dimensions the kernels index),
 //! `stage` (the experts stage's buffers and launches, used by `CudaBackend::apply` and
-//! `ResidentExperts`; `experts` depends on `backend`, never the reverse). This is the only crate of
+//! `ResidentExperts`; `resident` depends on `backend`, never the reverse). This is the only crate of
 //! the workspace with `unsafe`, each block with a `// SAFETY:` proof.
 //!
 //! Without the `cuda` feature the crate holds only the kernel sources ([`KernelId`]).
