@@ -1,6 +1,6 @@
 //! `cargo xtask ci`: everything CI runs, cheapest first, each step timed.
 //!
-//! 1. `cargo fmt --check`
+//! 1. `cargo fmt --check`, then `tidy` (the architecture invariants)
 //! 2. `cargo clippy` on the workspace, then again with the CUDA feature (no GPU needed)
 //! 3. the tests of the whole workspace (differential suites, golden vectors, CLI), then the GPU
 //!    tests built with the CUDA feature, which print counted skips on a machine without a GPU
@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::util::{cargo, run as sh};
 
-const CUDA_FEATURES: &str = "moe-cuda/cuda,moe-cli/cuda,moe-testing/cuda";
+const CUDA_FEATURES: &str = "moe-cuda/cuda,moe-engine/cuda,moe-cli/cuda,moe-testing/cuda";
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let skip_fuzz = args.iter().any(|a| a == "--no-fuzz");
@@ -26,6 +26,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         r.map_err(|e| format!("step `{name}` failed: {e}"))
     };
     step("fmt", &mut || sh(cargo().args(["fmt", "--all", "--check"])))?;
+    step("tidy", &mut || crate::tidy::run(&[]))?;
     step("clippy", &mut || {
         sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
     })?;

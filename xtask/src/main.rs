@@ -6,6 +6,7 @@ mod exp;
 mod fuzz;
 mod golden;
 mod gpu;
+mod tidy;
 mod util;
 
 use std::process::ExitCode;
@@ -15,7 +16,11 @@ usage: cargo xtask <command>
 
 commands:
   ci [--no-fuzz]     everything CI runs, cheapest first (fmt, clippy, tests, exhaustive exp, nvrtc check, fuzz smoke, docs)
-  exp-check          exp_f32 against float64 exp over all 2^32 f32 inputs (at most 2 ulp)
+  tidy               the architecture invariants the compiler does not enforce (unsafe, launches,
+                     test-only crates, ARCHITECTURE.md sections, file length)
+  exp-check [--float8-only]
+                     exp_f32 against float64 exp, the E4M3 encoder and BF16 rounding against their
+                     definitions, and the float8 crate's encoder, over all 2^32 f32 inputs
   golden [--exhaustive]
                      regenerate the golden vectors with an independent numpy/ml_dtypes oracle
   fuzz [--smoke] [--seconds N] [TARGET]
@@ -33,6 +38,7 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     let result = match cmd.as_str() {
         "ci" => ci::run(rest),
+        "tidy" => tidy::run(rest),
         "exp-check" => exp::run(rest),
         "golden" => golden::run(rest),
         "fuzz" => fuzz::run(rest),

@@ -18,4 +18,3 @@ pub mod compare;
 pub mod diff;
 
 pub use check::{Checked, Outcome};
-pub mod run_check;

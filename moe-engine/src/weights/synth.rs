@@ -8,6 +8,9 @@ use rayon::prelude::*;
 use crate::error::InputError;
 use crate::rng::{mix64, Rng};
 
+/// Scale of the synthetic weights (activations are on `(-1, 1)`).
+pub const WEIGHT_SCALE: f32 = 0.05;
+
 /// The stream key of tensor `stream` under `seed`.
 pub fn key(seed: u64, stream: u64) -> u64 {
     mix64(seed ^ mix64(stream.wrapping_add(0x9E37_79B9_7F4A_7C15)))

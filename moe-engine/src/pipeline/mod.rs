@@ -13,73 +13,30 @@ use std::time::Instant;
 use half::bf16;
 use moe_core::{
     estimate_expected_m, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, ExpertsInputs, ExpertsStage,
-    ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics, Prepare, ScaleBuf, ScaleFormat, ScalesMut, SiluMulQuant,
-    TokenGroupQuant, WeightsRef, GROUP,
+    ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, MoeResult, Prepare, ScaleBuf, ScalesMut, SiluMulQuant, TokenGroupQuant,
+    WeightsRef, GROUP,
 };
 use moe_ref_cpu::{CpuBackend, NaiveCpu};
 
 use crate::device::{Device, GemmContract};
-use crate::error::{EngineError, InputError};
+use crate::error::EngineError;
 use crate::rng::Rng;
-use crate::verify::run_check::{self, bits16, bits_check, check_block_quant, check_gemm, sample_rows};
+mod check;
+mod config;
+
 use crate::weights::synth;
+pub use check::Check;
+use check::{bits16, bits_check, check_block_quant, check_gemm, sample_rows};
+pub use config::{validate, RunConfig};
 
 /// The largest end-to-end `calc_diff` accepted against the CPU reference (SPEC §5.4).
 pub const CALC_DIFF_MAX: f64 = 1e-5;
 
-/// Scale of the synthetic weights (activations are on `(-1, 1)`).
-pub(crate) const W_SCALE: f32 = 0.05;
 const STREAM_X: u64 = 1;
 const STREAM_W1: u64 = 2;
 const STREAM_W2: u64 = 3;
 const STREAM_ROUTER: u64 = 4;
 const STREAM_CHECK: u64 = 5;
-
-/// What `moe run` runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunConfig {
-    /// Local experts `E`.
-    pub experts: usize,
-    /// Capacity `T` (max tokens per expert).
-    pub capacity: usize,
-    /// Hidden size `K` (a multiple of 128).
-    pub hidden: usize,
-    /// Expert intermediate size `I` (a multiple of 128).
-    pub intermediate: usize,
-    /// Tokens `M`.
-    pub tokens: usize,
-    /// Router slots per token.
-    pub topk: usize,
-    /// Seed of every random choice.
-    pub seed: u64,
-    /// Activation scale format (ceil formats also give power-of-two weight scales).
-    pub scale_fmt: ScaleFormat,
-    /// SiLU-mul-quant arithmetic.
-    pub numerics: Numerics,
-    /// Live rows per expert whose GEMM outputs are recomputed by the naive reference.
-    pub check_rows: usize,
-    /// Weight blocks per expert and matrix whose quantization is recomputed.
-    pub check_blocks: usize,
-}
-
-impl Default for RunConfig {
-    /// DeepSeek-V3's expert shapes on one rank: 8 local experts of K = 7168, I = 2048, T = 64.
-    fn default() -> Self {
-        Self {
-            experts: 8,
-            capacity: 64,
-            hidden: 7168,
-            intermediate: 2048,
-            tokens: 64,
-            topk: 8,
-            seed: 0,
-            scale_fmt: ScaleFormat::F32,
-            numerics: Numerics::VllmBf16,
-            check_rows: 2,
-            check_blocks: 2,
-        }
-    }
-}
 
 /// The amount of work of a stage, for its throughput.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,17 +68,6 @@ impl Stage {
             Work::Flops(f) => format!("{:.1} GFLOP/s", f / secs / 1e9),
         }
     }
-}
-
-/// One verdict of the check.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Check {
-    /// The name shown in the report.
-    pub name: String,
-    /// Whether it passed.
-    pub ok: bool,
-    /// What was found.
-    pub detail: String,
 }
 
 /// Everything `moe run` found.
@@ -207,7 +153,7 @@ pub fn run(cfg: &RunConfig, device: &Device, progress: &dyn Fn(&str)) -> Result<
         for ex in 0..e {
             progress(&format!("quantizing {label} of expert {ex}/{e}"));
             let w = &mut chunk[..r * c];
-            synth::fill(synth::key(cfg.seed, stream), (ex * r * c) as u64, W_SCALE, w);
+            synth::fill(synth::key(cfg.seed, stream), (ex * r * c) as u64, synth::WEIGHT_SCALE, w);
             let (res, dt) = timed(|| {
                 backend.block_quant(
                     &bq,
@@ -401,7 +347,7 @@ pub fn run(cfg: &RunConfig, device: &Device, progress: &dyn Fn(&str)) -> Result<
     }
 
     progress("checking rows past the counts");
-    checks.push(run_check::dead_rows_zero(
+    checks.push(check::dead_rows_zero(
         &counts,
         t,
         &[("a1q", &a1q, k), ("q2", &ws.q2, i)],
@@ -513,18 +459,3 @@ impl Backend for Timed<'_> {
 
 /// The provided `apply`: the three stages through the timed methods above.
 impl BatchedExperts for Timed<'_> {}
-
-/// Validates the dimensions of `cfg` the way the command line reports them.
-pub fn validate(cfg: &RunConfig) -> Result<(), InputError> {
-    for (flag, v) in [("--experts", cfg.experts), ("--capacity", cfg.capacity), ("--topk", cfg.topk)] {
-        if v == 0 {
-            return Err(InputError::Usage(format!("{flag} must be at least 1")));
-        }
-    }
-    for (flag, v) in [("--hidden", cfg.hidden), ("--intermediate", cfg.intermediate)] {
-        if v == 0 || v % GROUP != 0 {
-            return Err(InputError::Usage(format!("{flag} = {v} must be a positive multiple of 128")));
-        }
-    }
-    Ok(())
-}

@@ -7,11 +7,22 @@ use moe_core::{Activation, Backend, BlockQuant, GemmInputs, GroupedGemm, Scales,
 use moe_ref_cpu::NaiveCpu;
 use rayon::prelude::*;
 
+use super::config::RunConfig;
 use crate::device::GemmContract;
 use crate::error::EngineError;
-use crate::pipeline::{Check, RunConfig, W_SCALE};
 use crate::rng::Rng;
 use crate::weights::synth;
+
+/// One verdict of the check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// The name shown in the report.
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+}
 
 pub(crate) fn bits16(v: &[bf16]) -> Vec<u16> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -187,7 +198,9 @@ pub(crate) fn check_block_quant(
             let (rows, cols) = ((r - rb * GROUP).min(GROUP), (c - cb * GROUP).min(GROUP));
             let idx = |rr: usize, cc: usize| ex * r * c + (rb * GROUP + rr) * c + cb * GROUP + cc;
             let w: Vec<bf16> = (0..rows)
-                .flat_map(|rr| (0..cols).map(move |cc| bf16::from_f32(synth::value(key, idx(rr, cc) as u64).to_f32() * W_SCALE)))
+                .flat_map(|rr| {
+                    (0..cols).map(move |cc| bf16::from_f32(synth::value(key, idx(rr, cc) as u64).to_f32() * synth::WEIGHT_SCALE))
+                })
                 .collect();
             let p = BlockQuant::new(1, rows, cols, pow2)?;
             let (mut qr, mut sr) = (vec![0u8; rows * cols], [0f32]);
