@@ -330,17 +330,7 @@ pub fn experts_case() -> impl Strategy<Value = ExpertsCase> {
             vec(ws, e * kb * ib),
             vec(count(t), e),
         )
-            .prop_map(move |(a1q, a1s, w1, w1s, w2, w2s, counts)| ExpertsCase {
-                p,
-                a1q,
-                a1s,
-                w1,
-                w1s,
-                w2,
-                w2s,
-                counts,
-                random_data: false,
-            })
+            .prop_map(move |(a1q, a1s, w1, w1s, w2, w2s, counts)| ExpertsCase::new(p, a1q, a1s, (w1, w1s), (w2, w2s), counts, false))
     })
 }
 

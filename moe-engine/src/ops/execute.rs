@@ -1,7 +1,7 @@
 //! Running validated inputs on a backend and naming the outputs.
 
 use half::bf16;
-use moe_core::{BatchedExperts, ExpertsInputs, ExpertsWorkspace, GemmInputs, ScaleBuf, ScaleFormat, WeightsRef};
+use moe_core::{BatchedExperts, ExpertsWorkspace, GemmInputs, ScaleBuf, ScaleFormat, WeightsRef};
 
 use super::*;
 use crate::error::{try_filled, EngineError};
@@ -65,31 +65,15 @@ pub fn execute(inputs: &OpInputs, backend: &dyn BatchedExperts) -> Result<Vec<Ou
             )?;
             vec![OutTensor::bf16("d", &shape, &d)]
         }
-        OpInputs::Experts(ExpertsCase {
-            p,
-            a1q,
-            a1s,
-            w1,
-            w1s,
-            w2,
-            w2s,
-            counts,
-            ..
-        }) => {
+        OpInputs::Experts(c) => {
+            let p = &c.p;
             let shape = [p.experts(), p.capacity(), p.k()];
             let mut out = try_filled("out", shape.iter().product(), bf16::ZERO)?;
             let ws13 = p.workspace_shapes().ws13;
             // Fail cleanly, before the workspace is allocated, if it cannot be.
             crate::error::try_reserve::<bf16>("ws13", ws13.iter().product())?;
             let mut ws = ExpertsWorkspace::new(p);
-            let inputs = ExpertsInputs {
-                a1q,
-                a1s: a1s.view(),
-                w1: WeightsRef { q: w1, s: w1s },
-                w2: WeightsRef { q: w2, s: w2s },
-                counts,
-            };
-            backend.apply(p, inputs, &mut ws, &mut out)?;
+            backend.apply(p, c.inputs(), &mut ws, &mut out)?;
             vec![OutTensor::bf16("out", &shape, &out)]
         }
         OpInputs::Prepare(PrepareCase { p, x, topk_ids }) => {

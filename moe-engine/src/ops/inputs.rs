@@ -126,6 +126,30 @@ pub struct ExpertsCase {
 }
 
 impl ExpertsCase {
+    /// The case of `p` with its inputs; `w1` and `w2` are the E4M3 weights with their block
+    /// scales.
+    pub fn new(
+        p: ExpertsStage,
+        a1q: Vec<u8>,
+        a1s: ScaleBuf,
+        (w1, w1s): (Vec<u8>, Vec<f32>),
+        (w2, w2s): (Vec<u8>, Vec<f32>),
+        counts: Vec<i32>,
+        random_data: bool,
+    ) -> Self {
+        Self {
+            p,
+            a1q,
+            a1s,
+            w1,
+            w1s,
+            w2,
+            w2s,
+            counts,
+            random_data,
+        }
+    }
+
     /// The borrowed inputs.
     pub fn inputs(&self) -> ExpertsInputs<'_> {
         ExpertsInputs {

@@ -146,17 +146,7 @@ pub fn read_inputs(op: Op, opts: &OpOptions, bytes: &[u8]) -> Result<OpInputs, I
             expect_shape("w2s", &w2ssh, &p.gemm2().sb_shape(), "(E, K/128, I/128)")?;
             let counts = counts(&f, e, t)?;
             let p = p.with_expected_m(estimate_expected_m(0, 1, e, t, Some(&counts)));
-            OpInputs::Experts(ExpertsCase {
-                p,
-                a1q,
-                a1s,
-                w1,
-                w1s,
-                w2,
-                w2s,
-                counts,
-                random_data: false,
-            })
+            OpInputs::Experts(ExpertsCase::new(p, a1q, a1s, (w1, w1s), (w2, w2s), counts, false))
         }
         Op::Prepare => {
             let (Some(experts), Some(capacity)) = (opts.experts, opts.capacity) else {

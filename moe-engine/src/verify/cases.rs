@@ -196,17 +196,7 @@ impl ExpertsCase {
         let w1s = weight_scales(r, e * (2 * i / GROUP) * (k / GROUP), hard);
         let w2s = weight_scales(r, e * (k / GROUP) * (i / GROUP), hard);
         let counts = (0..e).map(|_| r.count(t)).collect();
-        Self {
-            p,
-            a1q,
-            a1s,
-            w1,
-            w1s,
-            w2,
-            w2s,
-            counts,
-            random_data: !hard,
-        }
+        Self::new(p, a1q, a1s, (w1, w1s), (w2, w2s), counts, !hard)
     }
 }
 
