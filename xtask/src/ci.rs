@@ -27,21 +27,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
     };
     step("fmt", &mut || sh(cargo().args(["fmt", "--all", "--check"])))?;
     step("tidy", &mut || crate::tidy::run(&[]))?;
-    step("clippy", &mut || {
-        sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
-    })?;
-    step("clippy (cuda feature)", &mut || {
-        sh(cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--features",
-            CUDA_FEATURES,
-            "--",
-            "-D",
-            "warnings",
-        ]))
-    })?;
+    let clippy = |features: &[&str]| {
+        let mut c = cargo();
+        c.args(["clippy", "--workspace", "--all-targets"])
+            .args(features)
+            .args(["--", "-D", "warnings"]);
+        sh(&mut c)
+    };
+    step("clippy", &mut || clippy(&[]))?;
+    step("clippy (cuda feature)", &mut || clippy(&["--features", CUDA_FEATURES]))?;
     step("tests", &mut || sh(cargo().args(["test", "--workspace"])))?;
     // The GPU tests, built with the CUDA feature: without a GPU each one prints a counted
     // `SKIP: no CUDA device` and passes (MOE_REQUIRE_GPU=1 would make it fail).

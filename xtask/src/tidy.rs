@@ -102,36 +102,29 @@ fn allowed(rel: &str, list: &[&str]) -> bool {
     list.iter().any(|a| if a.ends_with('/') { rel.starts_with(a) } else { rel == *a })
 }
 
-fn check_unsafe(rel: &str, text: &str) -> Vec<String> {
-    if allowed(rel, UNSAFE_ALLOWED) || rel.starts_with("xtask/src/tidy.rs") {
-        return Vec::new();
-    }
+/// `rel:line: what` for every line whose code (comments stripped) contains one of `needles`.
+fn flag_lines(rel: &str, text: &str, needles: &[&str], what: &str) -> Vec<String> {
     text.lines()
         .enumerate()
-        .filter(|(_, l)| {
-            let c = code(l);
-            ["unsafe {", "unsafe fn", "unsafe impl", "unsafe extern"]
-                .iter()
-                .any(|k| c.contains(k))
-        })
-        .map(|(i, _)| format!("{rel}:{}: `unsafe` outside moe-cuda and the engine's memory map", i + 1))
+        .filter(|(_, l)| needles.iter().any(|k| code(l).contains(k)))
+        .map(|(i, _)| format!("{rel}:{}: {what}", i + 1))
         .collect()
+}
+
+fn check_unsafe(rel: &str, text: &str) -> Vec<String> {
+    if allowed(rel, UNSAFE_ALLOWED) || rel == "xtask/src/tidy.rs" {
+        return Vec::new();
+    }
+    let needles = ["unsafe {", "unsafe fn", "unsafe impl", "unsafe extern"];
+    flag_lines(rel, text, &needles, "`unsafe` outside moe-cuda and the engine's memory map")
 }
 
 fn check_launches(rel: &str, text: &str) -> Vec<String> {
     if !rel.starts_with("moe-cuda/src/") || allowed(rel, LAUNCH_ALLOWED) {
         return Vec::new();
     }
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| {
-            let c = code(l);
-            ["launch_builder(", "cuLaunchKernel", ".launch(cfg", "LaunchConfig {"]
-                .iter()
-                .any(|k| c.contains(k))
-        })
-        .map(|(i, _)| format!("{rel}:{}: a kernel launch outside moe-cuda's launch module", i + 1))
-        .collect()
+    let needles = ["launch_builder(", "cuLaunchKernel", ".launch(cfg", "LaunchConfig {"];
+    flag_lines(rel, text, &needles, "a kernel launch outside moe-cuda's launch module")
 }
 
 fn check_length(rel: &str, text: &str) -> Vec<String> {

@@ -3,7 +3,7 @@
 //! finalize) and on sampled rows and blocks where it is not (the GEMMs, weight quantization).
 
 use half::bf16;
-use moe_core::{Activation, Backend, BlockQuant, GemmInputs, GroupedGemm, Scales, WeightsRef, GROUP};
+use moe_core::{Activation, Backend, BlockQuant, GemmInputs, GroupedGemm, ScaleBuf, Scales, WeightsRef, GROUP};
 use moe_ref_cpu::NaiveCpu;
 use rayon::prelude::*;
 
@@ -87,51 +87,37 @@ pub(crate) fn check_gemm(
             let (e, r) = (*e, rows.len());
             let sub = GroupedGemm::new(1, r, n, kd, fmt)?;
             let a_sub: Vec<u8> = rows.iter().flat_map(|&t| a[(e * t_cap + t) * kd..][..kd].iter().copied()).collect();
+            // The sampled rows' scale columns, MN-major `(1, cols, r)`, in the same storage.
             let gather = |src: &[u32]| -> Vec<u32> {
                 (0..cols)
                     .flat_map(|c| rows.iter().map(move |&t| src[(e * cols + c) * t_cap + t]))
                     .collect()
             };
-            let (d_ref, bound) = {
-                let mut d_ref = vec![bf16::ZERO; r * n];
-                let mut bound = vec![0f64; r * n];
-                let counts = [r as i32];
-                let b_sub = &b[e * n * kd..][..n * kd];
-                let sb_sub = &sb[e * sb_per..][..sb_per];
-                match sa {
-                    Scales::F32(s) => {
-                        let bits: Vec<u32> = s.iter().map(|v| v.to_bits()).collect();
-                        let sub_s: Vec<f32> = gather(&bits).into_iter().map(f32::from_bits).collect();
-                        NaiveCpu.grouped_gemm_with_bound(
-                            &sub,
-                            GemmInputs {
-                                a: &a_sub,
-                                sa: Scales::F32(&sub_s),
-                                b: WeightsRef { q: b_sub, s: sb_sub },
-                                counts: &counts,
-                            },
-                            &mut d_ref,
-                            &mut bound,
-                        )?;
-                    }
-                    Scales::Packed(s) => {
-                        let words: Vec<u32> = s.iter().map(|&v| v as u32).collect();
-                        let sub_s: Vec<i32> = gather(&words).into_iter().map(|v| v as i32).collect();
-                        NaiveCpu.grouped_gemm_with_bound(
-                            &sub,
-                            GemmInputs {
-                                a: &a_sub,
-                                sa: Scales::Packed(&sub_s),
-                                b: WeightsRef { q: b_sub, s: sb_sub },
-                                counts: &counts,
-                            },
-                            &mut d_ref,
-                            &mut bound,
-                        )?;
-                    }
-                }
-                (d_ref, bound)
+            let sub_s = match sa {
+                Scales::F32(s) => ScaleBuf::F32(
+                    gather(&s.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                        .into_iter()
+                        .map(f32::from_bits)
+                        .collect(),
+                ),
+                Scales::Packed(s) => ScaleBuf::Packed(
+                    gather(&s.iter().map(|&v| v as u32).collect::<Vec<_>>())
+                        .into_iter()
+                        .map(|v| v as i32)
+                        .collect(),
+                ),
             };
+            let (mut d_ref, mut bound) = (vec![bf16::ZERO; r * n], vec![0f64; r * n]);
+            let sub_inputs = GemmInputs {
+                a: &a_sub,
+                sa: sub_s.view(),
+                b: WeightsRef {
+                    q: &b[e * n * kd..][..n * kd],
+                    s: &sb[e * sb_per..][..sb_per],
+                },
+                counts: &[r as i32],
+            };
+            NaiveCpu.grouped_gemm_with_bound(&sub, sub_inputs, &mut d_ref, &mut bound)?;
             let (mut bad, mut worst) = (0usize, 0f64);
             for (j, &t) in rows.iter().enumerate() {
                 for col in 0..n {

@@ -76,45 +76,55 @@ impl DiffSummary {
     }
 }
 
+/// One case: the main check, then the bad-input checks on the same case.
+fn both<C>(c: &C, main: impl Fn(&C) -> Checked, rejects: impl Fn(&C) -> Result<(), String>) -> Checked {
+    let o = main(c)?;
+    rejects(c).map_err(|e| format!("bad input: {e}"))?;
+    Ok(o)
+}
+
 fn run_case<B: BatchedExperts + ?Sized>(dut: &B, op: Op, r: &mut Rng, hard: bool, tol: GemmContract) -> Checked {
-    fn both(main: Checked, rejects: Result<(), String>) -> Checked {
-        let o = main?;
-        rejects.map_err(|e| format!("bad input: {e}"))?;
-        Ok(o)
-    }
     match op {
-        Op::TokenGroupQuant => {
-            let c = TokenGroupQuantCase::random(r, hard);
-            both(check_token_group_quant(dut, &c), check_token_group_quant_rejects(dut, &c))
-        }
-        Op::BatchedQuant => {
-            let c = BatchedQuantCase::random(r, hard);
-            both(check_batched_quant(dut, &c), check_batched_quant_rejects(dut, &c))
-        }
-        Op::BlockQuant => {
-            let c = BlockQuantCase::random(r, hard);
-            both(check_block_quant(dut, &c), check_block_quant_rejects(dut, &c))
-        }
-        Op::SiluMulQuant => {
-            let c = SiluMulQuantCase::random(r, hard);
-            both(check_silu_mul_quant(dut, &c), check_silu_mul_quant_rejects(dut, &c))
-        }
-        Op::GroupedGemm => {
-            let c = GemmCase::random(r, hard);
-            both(check_gemm(dut, &c, tol), check_gemm_rejects(dut, &c))
-        }
-        Op::Experts => {
-            let c = ExpertsCase::random(r, hard);
-            both(check_experts(dut, &c, tol), check_experts_rejects(dut, &c))
-        }
-        Op::Prepare => {
-            let c = PrepareCase::random(r, hard);
-            both(check_prepare(dut, &c), check_prepare_rejects(dut, &c))
-        }
-        Op::Finalize => {
-            let c = FinalizeCase::random(r, hard);
-            both(check_finalize(dut, &c), check_finalize_rejects(dut, &c))
-        }
+        Op::TokenGroupQuant => both(
+            &TokenGroupQuantCase::random(r, hard),
+            |c| check_token_group_quant(dut, c),
+            |c| check_token_group_quant_rejects(dut, c),
+        ),
+        Op::BatchedQuant => both(
+            &BatchedQuantCase::random(r, hard),
+            |c| check_batched_quant(dut, c),
+            |c| check_batched_quant_rejects(dut, c),
+        ),
+        Op::BlockQuant => both(
+            &BlockQuantCase::random(r, hard),
+            |c| check_block_quant(dut, c),
+            |c| check_block_quant_rejects(dut, c),
+        ),
+        Op::SiluMulQuant => both(
+            &SiluMulQuantCase::random(r, hard),
+            |c| check_silu_mul_quant(dut, c),
+            |c| check_silu_mul_quant_rejects(dut, c),
+        ),
+        Op::GroupedGemm => both(
+            &GemmCase::random(r, hard),
+            |c| check_gemm(dut, c, tol),
+            |c| check_gemm_rejects(dut, c),
+        ),
+        Op::Experts => both(
+            &ExpertsCase::random(r, hard),
+            |c| check_experts(dut, c, tol),
+            |c| check_experts_rejects(dut, c),
+        ),
+        Op::Prepare => both(
+            &PrepareCase::random(r, hard),
+            |c| check_prepare(dut, c),
+            |c| check_prepare_rejects(dut, c),
+        ),
+        Op::Finalize => both(
+            &FinalizeCase::random(r, hard),
+            |c| check_finalize(dut, c),
+            |c| check_finalize_rejects(dut, c),
+        ),
     }
 }
 
