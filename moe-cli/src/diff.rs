@@ -43,7 +43,7 @@ fn open(args: &DiffArgs) -> Result<(Device, GemmContract), String> {
     }
     .map_err(|e| e.one_line())?;
     let contract = match args.gemm_c {
-        Some(c) => GemmContract::bounded(c).map_err(|e| e.to_string())?,
+        Some(c) => GemmContract::bounded(c).map_err(|e| format!("--gemm-c: {e}"))?,
         None => device.gemm_contract(),
     };
     Ok((device, contract))

@@ -121,9 +121,18 @@ fn timed<R>(f: impl FnOnce() -> R) -> (R, f64) {
 /// the reference or within the §5.3 bound, as its [`GemmContract`] says.
 /// `progress` is told the name of each step as it starts.
 pub fn run(cfg: &RunConfig, device: &Device, progress: &dyn Fn(&str)) -> Result<RunReport, EngineError> {
+    run_on(cfg, device.backend(), device.gemm_contract(), progress)
+}
+
+/// [`run`] on any backend, held to `contract` (for backends the engine does not open itself,
+/// such as the planted-bug backends of the tests).
+pub fn run_on(
+    cfg: &RunConfig,
+    backend: &dyn BatchedExperts,
+    contract: GemmContract,
+    progress: &dyn Fn(&str),
+) -> Result<RunReport, EngineError> {
     validate(cfg)?;
-    let backend = device.backend();
-    let contract = device.gemm_contract();
     let exact = contract == GemmContract::Exact;
     let t_start = Instant::now();
     let (e, t, k, i, m, topk) = (cfg.experts, cfg.capacity, cfg.hidden, cfg.intermediate, cfg.tokens, cfg.topk);

@@ -8,6 +8,7 @@
 //! - [`cases`]: owned case inputs and seeded random builders (on [`crate::rng::Rng`]).
 //! - [`diff`]: the engine of `moe diff`: all operations over N seeded random cases.
 //! - [`compare`]: poison patterns and bit comparisons.
+//! - [`tamper`]: a backend with a planted GEMM bug, to prove a check can fail.
 //!
 //! moe-testing builds its proptest strategies and suites on these types; the checks return
 //! `Err(message)` instead of panicking, so that `moe diff` can count failures.
@@ -18,3 +19,4 @@ pub mod compare;
 pub mod diff;
 
 pub use check::{Checked, Outcome};
+pub mod tamper;

@@ -1,0 +1,74 @@
+//! A backend with a planted GEMM bug, for proving that a check can fail.
+//!
+//! [`Tampered`] runs every operation on an inner backend and then lets a hook rewrite the output
+//! of each grouped GEMM: a check that passes `Tampered` with a hook that breaks the contract is a
+//! check that cannot catch that bug. Used by the engine's and moe-testing's planted-bug tests.
+
+use moe_core::{
+    bf16, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Prepare,
+    ScalesMut, SiluMulQuant, TokenGroupQuant,
+};
+
+/// The hook: the problem, its inputs and the output the inner backend wrote.
+pub type GemmHook = dyn Fn(&GroupedGemm, &GemmInputs<'_>, &mut [bf16]) + Send + Sync;
+
+/// `inner` with every grouped GEMM's output passed through `hook`.
+pub struct Tampered<'a> {
+    inner: &'a dyn BatchedExperts,
+    hook: Box<GemmHook>,
+}
+
+impl std::fmt::Debug for Tampered<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tampered({:?})", self.inner)
+    }
+}
+
+impl<'a> Tampered<'a> {
+    /// `inner`, with `hook` applied to every grouped GEMM output.
+    pub fn new(inner: &'a dyn BatchedExperts, hook: impl Fn(&GroupedGemm, &GemmInputs<'_>, &mut [bf16]) + Send + Sync + 'static) -> Self {
+        Self {
+            inner,
+            hook: Box::new(hook),
+        }
+    }
+}
+
+impl Backend for Tampered<'_> {
+    fn name(&self) -> &str {
+        "tampered"
+    }
+    fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
+        self.inner.token_group_quant(p, x, q, s)
+    }
+    fn batched_token_group_quant(
+        &self,
+        p: &BatchedTokenGroupQuant,
+        x: Activation<'_>,
+        c: &[i32],
+        q: &mut [u8],
+        s: ScalesMut<'_>,
+    ) -> MoeResult<()> {
+        self.inner.batched_token_group_quant(p, x, c, q, s)
+    }
+    fn block_quant(&self, p: &BlockQuant, w: Activation<'_>, q: &mut [u8], s: &mut [f32]) -> MoeResult<()> {
+        self.inner.block_quant(p, w, q, s)
+    }
+    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], c: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
+        self.inner.silu_mul_quant(p, y, c, q, s)
+    }
+    fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
+        self.inner.grouped_gemm(p, inputs, d)?;
+        (self.hook)(p, &inputs, d);
+        Ok(())
+    }
+    fn prepare(&self, p: &Prepare, x: &[bf16], ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, c: &mut [i32]) -> MoeResult<()> {
+        self.inner.prepare(p, x, ids, a1q, a1s, c)
+    }
+    fn finalize(&self, p: &Finalize, eo: &[bf16], ids: &[i32], w: &[f32], out: &mut [bf16]) -> MoeResult<()> {
+        self.inner.finalize(p, eo, ids, w, out)
+    }
+}
+
+/// The provided `apply`: the stages through the methods above, so the hook applies to both GEMMs.
+impl BatchedExperts for Tampered<'_> {}
