@@ -118,7 +118,9 @@ impl Lt {
         // SAFETY: `is_culib_present` only tries to dlopen the library by its candidate names;
         // it must run before any other cuBLASLt call, which would panic without the library.
         if !unsafe { sys::is_culib_present() } {
-            return Err(LtError::Unavailable("libcublasLt could not be loaded (add its directory to LD_LIBRARY_PATH)".into()));
+            return Err(LtError::Unavailable(
+                "libcublasLt could not be loaded (add its directory to LD_LIBRARY_PATH)".into(),
+            ));
         }
         // SAFETY: the library is present (checked above); cublasLtGetVersion takes no argument.
         let version = unsafe { sys::cublasLtGetVersion() };
@@ -268,7 +270,10 @@ impl Plan {
         }
         let mut pref: sys::cublasLtMatmulPreference_t = std::ptr::null_mut();
         // SAFETY: writes one preference handle through a pointer to a live local.
-        status(unsafe { sys::cublasLtMatmulPreferenceCreate(&mut pref) }, "cublasLtMatmulPreferenceCreate")?;
+        status(
+            unsafe { sys::cublasLtMatmulPreferenceCreate(&mut pref) },
+            "cublasLtMatmulPreferenceCreate",
+        )?;
         let ws = WORKSPACE_BYTES as u64;
         let mut result: sys::cublasLtMatmulHeuristicResult_t = {
             // SAFETY: plain data (algo words, sizes, a status enum whose zero is SUCCESS, floats).
@@ -381,7 +386,14 @@ impl std::fmt::Debug for LtDenseUnit {
 
 impl LtDenseUnit {
     /// `w (n × k)` and `act (m × k)` E4M3 bytes; every scale is 1.0. `m`, `n`, `k` multiples of 128.
-    pub fn new(bench: &Bench, lt: &Lt, scaling: LtScaling, (m, n, k): (usize, usize, usize), w: &[u8], act: &[u8]) -> Result<Self, LtError> {
+    pub fn new(
+        bench: &Bench,
+        lt: &Lt,
+        scaling: LtScaling,
+        (m, n, k): (usize, usize, usize),
+        w: &[u8],
+        act: &[u8],
+    ) -> Result<Self, LtError> {
         lt.check_scaling(scaling)?;
         assert!(m % GROUP == 0 && n % GROUP == 0 && k % GROUP == 0 && w.len() == n * k && act.len() == m * k);
         let s = &bench.stream;
@@ -448,7 +460,10 @@ impl LtLoopUnit {
         lt.check_scaling(LtScaling::Block)?;
         let (e, n, k) = weights.dims();
         let kb = k / GROUP;
-        assert!(a.len() == e * t * k && sa.len() == e * kb * t && counts.len() == e, "moe-cuda bug: LtLoopUnit inputs");
+        assert!(
+            a.len() == e * t * k && sa.len() == e * kb * t && counts.len() == e,
+            "moe-cuda bug: LtLoopUnit inputs"
+        );
         // Pack: expert ex's live rows, padded with zero rows (scale 1) to a multiple of 16.
         let mut rows = Vec::new();
         let (mut act, mut act_s) = (Vec::new(), Vec::new());

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use moe_core::{
-    check_counts, check_len, Activation, BlockQuant, DeviceError, Experts, Finalize, GroupedGemm, MoeResult, Prepare, ProblemError, ScaleBuf,
-    ScaleFormat, Scales, SiluMulQuant, WeightsRef, GROUP,
+    check_counts, check_len, Activation, BlockQuant, DeviceError, Experts, Finalize, GroupedGemm, MoeResult, Prepare, ProblemError,
+    ScaleBuf, ScaleFormat, Scales, SiluMulQuant, WeightsRef, GROUP,
 };
 
 use super::{Bench, Graph, OP};
@@ -122,9 +122,8 @@ impl GemmUnit {
         let mut d = alloc::<u16>(s, e * t * n, OP)?;
         bench.launcher().counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
         let fmt = p.scale_format();
-        let graph = bench.capture(|l| {
-            l.grouped_gemm(&a_d, &sa_d, fmt, &weights.b, &weights.sb, &mut d, &c_d, &tiles, (e, t, n, k), true)
-        })?;
+        let graph =
+            bench.capture(|l| l.grouped_gemm(&a_d, &sa_d, fmt, &weights.b, &weights.sb, &mut d, &c_d, &tiles, (e, t, n, k), true))?;
         Ok(GemmUnit {
             graph,
             weights,
@@ -253,9 +252,8 @@ impl PrepareUnit {
         let mut q = alloc::<u8>(st, e * t * k, OP)?;
         let mut s = alloc::<u32>(st, s_len, OP)?;
         bench.launcher().counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
-        let graph = bench.capture(|l| {
-            l.token_group_quant(XIn::Bf16(&x_d), m, Some(&g_d), &mut q, &mut s, (e, t, k), Some(&prefix), fmt, true)
-        })?;
+        let graph =
+            bench.capture(|l| l.token_group_quant(XIn::Bf16(&x_d), m, Some(&g_d), &mut q, &mut s, (e, t, k), Some(&prefix), fmt, true))?;
         Ok(PrepareUnit {
             graph,
             _x: x_d,

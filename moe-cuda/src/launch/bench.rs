@@ -30,7 +30,15 @@ impl Launcher<'_> {
         // kernel reads src[i] for i < n16 only, and `src` holds n16 * 16 bytes (asserted); it
         // writes at most sink[0], and `sink` holds at least one element (asserted). 512 threads
         // per block match its `__launch_bounds__(512)`.
-        unsafe { self.launch(KernelId::Bench, "moe_bench_read", Config::plain(grid, READ_THREADS), a, "bench read") }
+        unsafe {
+            self.launch(
+                KernelId::Bench,
+                "moe_bench_read",
+                Config::plain(grid, READ_THREADS),
+                a,
+                "bench read",
+            )
+        }
     }
 
     /// `moe_bench_spin(long long cycles)`: one block of one thread that waits `cycles` clocks.

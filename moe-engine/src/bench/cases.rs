@@ -35,7 +35,14 @@ pub enum Suite {
 
 impl Suite {
     /// Every suite, in running order.
-    pub const ALL: [Suite; 6] = [Suite::Deepgemm, Suite::Decode, Suite::Silu, Suite::Quant, Suite::Stage, Suite::Layer];
+    pub const ALL: [Suite; 6] = [
+        Suite::Deepgemm,
+        Suite::Decode,
+        Suite::Silu,
+        Suite::Quant,
+        Suite::Stage,
+        Suite::Layer,
+    ];
 
     /// The `--suite` name.
     pub fn name(self) -> &'static str {
@@ -241,12 +248,42 @@ impl Op {
         let d = |x: usize| (x / f).max(1);
         let d128 = |x: usize| ((x / f) / GROUP).max(1) * GROUP;
         match *self {
-            Op::Gemm { e, t, n, k } => Op::Gemm { e: d(e), t: d(t), n: d128(n), k: d128(k) },
-            Op::Silu { e, t, h } => Op::Silu { e: d(e), t: d(t), h: d128(h) },
-            Op::Prepare { m, k, topk, e, t } => Op::Prepare { m: d(m), k: d128(k), topk: topk.min(d(e)), e: d(e), t: d(t).max(d(m)) },
-            Op::Finalize { m, k, topk, e, t } => Op::Finalize { m: d(m), k: d128(k), topk: topk.min(d(e)), e: d(e), t: d(t).max(d(m)) },
-            Op::BlockQuant { e, r, c } => Op::BlockQuant { e: d(e), r: d128(r), c: d128(c) },
-            Op::Stage { e, t, k, i } => Op::Stage { e: d(e), t: d(t), k: d128(k), i: d128(i) },
+            Op::Gemm { e, t, n, k } => Op::Gemm {
+                e: d(e),
+                t: d(t),
+                n: d128(n),
+                k: d128(k),
+            },
+            Op::Silu { e, t, h } => Op::Silu {
+                e: d(e),
+                t: d(t),
+                h: d128(h),
+            },
+            Op::Prepare { m, k, topk, e, t } => Op::Prepare {
+                m: d(m),
+                k: d128(k),
+                topk: topk.min(d(e)),
+                e: d(e),
+                t: d(t).max(d(m)),
+            },
+            Op::Finalize { m, k, topk, e, t } => Op::Finalize {
+                m: d(m),
+                k: d128(k),
+                topk: topk.min(d(e)),
+                e: d(e),
+                t: d(t).max(d(m)),
+            },
+            Op::BlockQuant { e, r, c } => Op::BlockQuant {
+                e: d(e),
+                r: d128(r),
+                c: d128(c),
+            },
+            Op::Stage { e, t, k, i } => Op::Stage {
+                e: d(e),
+                t: d(t),
+                k: d128(k),
+                i: d128(i),
+            },
         }
     }
 }
@@ -305,13 +342,48 @@ pub fn suite_cases(suite: Suite) -> Vec<Case> {
             .map(|(e, t, h)| c(Op::Silu { e, t, h }, Counts::Uniform))
             .collect(),
         Suite::Quant => vec![
-            c(Op::Prepare { m: 256, k: DSV3_K, topk: DSV3_TOPK, e: 32, t: 256 }, Counts::Router),
-            c(Op::Finalize { m: 256, k: DSV3_K, topk: DSV3_TOPK, e: 32, t: 256 }, Counts::Router),
-            c(Op::BlockQuant { e: 4, r: 2 * DSV3_I, c: DSV3_K }, Counts::AllLive),
+            c(
+                Op::Prepare {
+                    m: 256,
+                    k: DSV3_K,
+                    topk: DSV3_TOPK,
+                    e: 32,
+                    t: 256,
+                },
+                Counts::Router,
+            ),
+            c(
+                Op::Finalize {
+                    m: 256,
+                    k: DSV3_K,
+                    topk: DSV3_TOPK,
+                    e: 32,
+                    t: 256,
+                },
+                Counts::Router,
+            ),
+            c(
+                Op::BlockQuant {
+                    e: 4,
+                    r: 2 * DSV3_I,
+                    c: DSV3_K,
+                },
+                Counts::AllLive,
+            ),
         ],
         Suite::Stage => [(8, 64), (32, 16)]
             .into_iter()
-            .map(|(e, t)| c(Op::Stage { e, t, k: DSV3_K, i: DSV3_I }, Counts::Router))
+            .map(|(e, t)| {
+                c(
+                    Op::Stage {
+                        e,
+                        t,
+                        k: DSV3_K,
+                        i: DSV3_I,
+                    },
+                    Counts::Router,
+                )
+            })
             .collect(),
         Suite::Layer => Vec::new(),
     }
@@ -320,23 +392,48 @@ pub fn suite_cases(suite: Suite) -> Vec<Case> {
 /// Parses `--shape`: `gemm:E,T,N,K`, `silu:E,T,H`, `stage:E,T,K,I`, `prepare:M,K,TOPK,E,T`,
 /// `finalize:M,K,TOPK,E,T` or `block-quant:E,R,C`.
 pub fn parse_shape(s: &str) -> Result<Op, InputError> {
-    let bad = |why: &str| InputError::Usage(format!("--shape `{s}`: {why} (e.g. gemm:8,64,4096,7168, silu:8,64,2048, stage:8,64,7168,2048)"));
+    let bad = |why: &str| {
+        InputError::Usage(format!(
+            "--shape `{s}`: {why} (e.g. gemm:8,64,4096,7168, silu:8,64,2048, stage:8,64,7168,2048)"
+        ))
+    };
     let (kind, rest) = s.split_once(':').ok_or_else(|| bad("expected KIND:dims"))?;
     let v: Vec<usize> = rest
         .split(',')
-        .map(|x| x.trim().parse::<usize>().map_err(|_| bad("every dimension must be a positive integer")))
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .map_err(|_| bad("every dimension must be a positive integer"))
+        })
         .collect::<Result<_, _>>()?;
     if v.contains(&0) {
         return Err(bad("every dimension must be positive"));
     }
-    let want = |n: usize| if v.len() == n { Ok(()) } else { Err(bad(&format!("`{kind}` takes {n} dimensions"))) };
-    let m128 = |x: usize, what: &str| if x % GROUP == 0 { Ok(()) } else { Err(bad(&format!("{what} must be a multiple of 128"))) };
+    let want = |n: usize| {
+        if v.len() == n {
+            Ok(())
+        } else {
+            Err(bad(&format!("`{kind}` takes {n} dimensions")))
+        }
+    };
+    let m128 = |x: usize, what: &str| {
+        if x % GROUP == 0 {
+            Ok(())
+        } else {
+            Err(bad(&format!("{what} must be a multiple of 128")))
+        }
+    };
     Ok(match kind {
         "gemm" => {
             want(4)?;
             m128(v[2], "N")?;
             m128(v[3], "K")?;
-            Op::Gemm { e: v[0], t: v[1], n: v[2], k: v[3] }
+            Op::Gemm {
+                e: v[0],
+                t: v[1],
+                n: v[2],
+                k: v[3],
+            }
         }
         "silu" => {
             want(3)?;
@@ -347,7 +444,12 @@ pub fn parse_shape(s: &str) -> Result<Op, InputError> {
             want(4)?;
             m128(v[2], "K")?;
             m128(v[3], "I")?;
-            Op::Stage { e: v[0], t: v[1], k: v[2], i: v[3] }
+            Op::Stage {
+                e: v[0],
+                t: v[1],
+                k: v[2],
+                i: v[3],
+            }
         }
         "prepare" | "finalize" => {
             want(5)?;
@@ -384,7 +486,10 @@ pub fn work(op: &Op, counts: &[i32]) -> (f64, f64) {
         Op::Silu { h, .. } => (0.0, live * (f(2 * h) * 2.0 + f(h) + f(h / GROUP) * 4.0)),
         Op::Prepare { k, .. } => (0.0, live * (f(k) * 2.0 + f(k) + f(k / GROUP) * 4.0)),
         Op::Finalize { m, k, topk, .. } => (2.0 * live * f(k), live * f(k) * 2.0 + f(m) * f(k) * 2.0 + f(m * topk) * 12.0),
-        Op::BlockQuant { e, r, c } => (0.0, f(e) * f(r) * f(c) * 3.0 + f(e) * f(r.div_ceil(GROUP)) * f(c.div_ceil(GROUP)) * 4.0),
+        Op::BlockQuant { e, r, c } => (
+            0.0,
+            f(e) * f(r) * f(c) * 3.0 + f(e) * f(r.div_ceil(GROUP)) * f(c.div_ceil(GROUP)) * 4.0,
+        ),
         Op::Stage { k, i, .. } => {
             let w = f(2 * i) * f(k) + f(k) * f(i) + (f(2 * i / GROUP) * f(k / GROUP) + f(k / GROUP) * f(i / GROUP)) * 4.0;
             let flops = 2.0 * live * (f(2 * i) * f(k) + f(k) * f(i));
@@ -434,21 +539,49 @@ mod tests {
 
     #[test]
     fn shapes_parse_and_reject_bad_dims() {
-        assert_eq!(parse_shape("gemm:8,64,4096,7168").unwrap(), Op::Gemm { e: 8, t: 64, n: 4096, k: 7168 });
+        assert_eq!(
+            parse_shape("gemm:8,64,4096,7168").unwrap(),
+            Op::Gemm {
+                e: 8,
+                t: 64,
+                n: 4096,
+                k: 7168
+            }
+        );
         assert_eq!(parse_shape("silu:8,64,2048").unwrap(), Op::Silu { e: 8, t: 64, h: 2048 });
-        for bad in ["gemm:8,64,4096", "gemm:8,64,4000,7168", "silu:0,1,128", "x:1", "gemm", "stage:1,2,128,x"] {
+        for bad in [
+            "gemm:8,64,4096",
+            "gemm:8,64,4000,7168",
+            "silu:0,1,128",
+            "x:1",
+            "gemm",
+            "stage:1,2,128,x",
+        ] {
             assert!(parse_shape(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn gemm_work_counts_live_rows_and_active_experts_only() {
-        let op = Op::Gemm { e: 3, t: 4, n: 128, k: 256 };
+        let op = Op::Gemm {
+            e: 3,
+            t: 4,
+            n: 128,
+            k: 256,
+        };
         let (flops, bytes) = work(&op, &[4, 0, 1]);
         assert_eq!(flops, 2.0 * 5.0 * 128.0 * 256.0);
         let a = 5.0 * 256.0 + 5.0 * 2.0 * 4.0;
         let b = 2.0 * (128.0 * 256.0 + 2.0 * 4.0);
         assert_eq!(bytes, a + b + 5.0 * 128.0 * 2.0);
-        assert_eq!(op.shrink(2), Op::Gemm { e: 1, t: 2, n: 128, k: 128 });
+        assert_eq!(
+            op.shrink(2),
+            Op::Gemm {
+                e: 1,
+                t: 2,
+                n: 128,
+                k: 128
+            }
+        );
     }
 }

@@ -112,9 +112,12 @@ pub fn sample_rows(rng: &mut Rng, counts: &[i32]) -> Vec<(usize, Vec<usize>)> {
         .collect()
 }
 
+/// One expert's sampled reference rows (`rows × N`) and their SPEC §5.3 absolute-sum bounds.
+pub type RefRows = (Vec<bf16>, Vec<f64>);
+
 /// The reference outputs and SPEC §5.3 absolute-sum bounds of the sampled rows, `rows × N` per
 /// expert, in sample order.
-pub fn reference_rows(g: &GemmInputs, samples: &[(usize, Vec<usize>)]) -> Result<Vec<(Vec<bf16>, Vec<f64>)>, EngineError> {
+pub fn reference_rows(g: &GemmInputs, samples: &[(usize, Vec<usize>)]) -> Result<Vec<RefRows>, EngineError> {
     let (t_cap, n, k) = (g.p.capacity(), g.p.n(), g.p.k());
     let kb = k / GROUP;
     let sb_per = (n / GROUP) * kb;
@@ -125,7 +128,9 @@ pub fn reference_rows(g: &GemmInputs, samples: &[(usize, Vec<usize>)]) -> Result
             let r = rows.len();
             let sub = GroupedGemm::new(1, r, n, k, g.p.scale_format())?;
             let a: Vec<u8> = rows.iter().flat_map(|&t| g.a[(e * t_cap + t) * k..][..k].iter().copied()).collect();
-            let sa: Vec<f32> = (0..kb).flat_map(|c| rows.iter().map(move |&t| g.sa[(e * kb + c) * t_cap + t])).collect();
+            let sa: Vec<f32> = (0..kb)
+                .flat_map(|c| rows.iter().map(move |&t| g.sa[(e * kb + c) * t_cap + t]))
+                .collect();
             let mut d = vec![bf16::ZERO; r * n];
             let mut bound = vec![0f64; r * n];
             cpu.grouped_gemm_with_bound(
@@ -152,7 +157,7 @@ fn gather(d: &[bf16], t_cap: usize, n: usize, samples: &[(usize, Vec<usize>)]) -
 }
 
 /// Ours against the reference rows: within the bound of `contract`.
-pub fn check_ours(g: &GemmInputs, samples: &[(usize, Vec<usize>)], refs: &[(Vec<bf16>, Vec<f64>)], d: &[bf16], contract: GemmContract) -> Check {
+pub fn check_ours(g: &GemmInputs, samples: &[(usize, Vec<usize>)], refs: &[RefRows], d: &[bf16], contract: GemmContract) -> Check {
     let got = gather(d, g.p.capacity(), g.p.n(), samples);
     let (mut bad, mut total, mut worst) = (0usize, 0usize, 0f64);
     let want = refs.iter().flat_map(|(r, b)| r.iter().zip(b));
@@ -183,7 +188,7 @@ pub fn check_ours(g: &GemmInputs, samples: &[(usize, Vec<usize>)], refs: &[(Vec<
 }
 
 /// The baseline against the reference rows: `calc_diff < 1e-3`.
-pub fn check_baseline(g: &GemmInputs, samples: &[(usize, Vec<usize>)], refs: &[(Vec<bf16>, Vec<f64>)], d: &[bf16]) -> Check {
+pub fn check_baseline(g: &GemmInputs, samples: &[(usize, Vec<usize>)], refs: &[RefRows], d: &[bf16]) -> Check {
     let got = gather(d, g.p.capacity(), g.p.n(), samples);
     let ref_rows: Vec<bf16> = refs.iter().flat_map(|(r, _)| r.iter().copied()).collect();
     let cd = calc_diff(&got, &ref_rows);

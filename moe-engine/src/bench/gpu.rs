@@ -13,7 +13,7 @@ use moe_cuda::CudaBackend;
 use super::data::{e4m3_bytes, GemmInputs, HostWeights};
 use super::report::{Ceiling, DeviceSummary};
 use super::stats::Stats;
-use super::target::{Measured, StageInputs, Target};
+use super::target::{Measured, QuantOut, StageInputs, Target};
 use super::BenchConfig;
 use crate::error::EngineError;
 
@@ -161,7 +161,11 @@ impl Target for GpuTarget {
             let t = self.bench.time(u.graph(), &opts).map_err(|e| e.to_string())?;
             Ok((Stats::from_samples(&t.flushed_us, &t.warm_us).ok_or("no samples")?, u.bytes_moved()))
         });
-        out.push(bw("copy", copy, format!("cuMemcpyDtoD of {} MiB (read + write counted)", bytes >> 20)));
+        out.push(bw(
+            "copy",
+            copy,
+            format!("cuMemcpyDtoD of {} MiB (read + write counted)", bytes >> 20),
+        ));
         let read = ReadUnit::new(&self.bench, bytes).map_err(|e| e.to_string()).and_then(|u| {
             let t = self.bench.time(u.graph(), &opts).map_err(|e| e.to_string())?;
             Ok((Stats::from_samples(&t.flushed_us, &t.warm_us).ok_or("no samples")?, u.bytes_moved()))
@@ -194,11 +198,20 @@ impl Target for GpuTarget {
         Ok(Measured {
             stats,
             out,
-            config: format!("cuBLASLt {} per-expert loop, VEC128 x BLK128x128 scales, rows padded to {ROW_PAD}, one graph", lt.version_string()),
+            config: format!(
+                "cuBLASLt {} per-expert loop, VEC128 x BLK128x128 scales, rows padded to {ROW_PAD}, one graph",
+                lt.version_string()
+            ),
         })
     }
 
-    fn silu(&mut self, cfg: &BenchConfig, p: &SiluMulQuant, y: &[bf16], counts: &[i32]) -> Result<Measured<(Vec<u8>, ScaleBuf)>, EngineError> {
+    fn silu(
+        &mut self,
+        cfg: &BenchConfig,
+        p: &SiluMulQuant,
+        y: &[bf16],
+        counts: &[i32],
+    ) -> Result<Measured<(Vec<u8>, ScaleBuf)>, EngineError> {
         let unit = SiluUnit::new(&self.bench, p, y, counts)?;
         let stats = self.time(cfg, unit.graph())?;
         let out = unit.download(&self.bench)?;
@@ -220,7 +233,14 @@ impl Target for GpuTarget {
         })
     }
 
-    fn finalize(&mut self, cfg: &BenchConfig, p: &Finalize, eo: &[bf16], ids: &[i32], w: &[f32]) -> Result<Measured<Vec<bf16>>, EngineError> {
+    fn finalize(
+        &mut self,
+        cfg: &BenchConfig,
+        p: &Finalize,
+        eo: &[bf16],
+        ids: &[i32],
+        w: &[f32],
+    ) -> Result<Measured<Vec<bf16>>, EngineError> {
         let unit = FinalizeUnit::new(&self.bench, p, eo, ids, w)?;
         let stats = self.time(cfg, unit.graph())?;
         let out = unit.download(&self.bench)?;
@@ -231,7 +251,7 @@ impl Target for GpuTarget {
         })
     }
 
-    fn block_quant(&mut self, cfg: &BenchConfig, p: &BlockQuant, w: &[bf16]) -> Result<Measured<(Vec<u8>, Vec<f32>)>, EngineError> {
+    fn block_quant(&mut self, cfg: &BenchConfig, p: &BlockQuant, w: &[bf16]) -> Result<Measured<QuantOut>, EngineError> {
         let unit = BlockQuantUnit::new(&self.bench, p, w)?;
         let stats = self.time(cfg, unit.graph())?;
         let out = unit.download(&self.bench)?;
@@ -252,7 +272,10 @@ impl Target for GpuTarget {
         Ok(Measured {
             stats,
             out,
-            config: format!("counts prefix + GEMM1 + SiLU-mul-quant + GEMM2 in one graph; GEMM: {}", gemm_config()),
+            config: format!(
+                "counts prefix + GEMM1 + SiLU-mul-quant + GEMM2 in one graph; GEMM: {}",
+                gemm_config()
+            ),
         })
     }
 }

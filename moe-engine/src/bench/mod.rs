@@ -11,7 +11,9 @@
 use std::sync::Arc;
 
 use half::bf16;
-use moe_core::{BatchedExperts, BlockQuant, Experts, ExpertsWorkspace, Finalize, GroupedGemm, Numerics, Prepare, ScaleFormat, SiluMulQuant, GROUP};
+use moe_core::{
+    BatchedExperts, BlockQuant, Experts, ExpertsWorkspace, Finalize, GroupedGemm, Numerics, Prepare, ScaleFormat, SiluMulQuant, GROUP,
+};
 use moe_ref_cpu::CpuBackend;
 
 pub mod cases;
@@ -209,7 +211,14 @@ fn stage_inputs(rng: &mut Rng, seed: u64, p: &Experts, counts: Vec<i32>) -> Stag
 }
 
 #[allow(clippy::too_many_arguments)]
-fn row(c: &Case, counts: &[i32], m: &Measured<impl Sized>, check: Check, ceilings: &[Ceiling], baseline: Option<Result<Baseline, String>>) -> Row {
+fn row(
+    c: &Case,
+    counts: &[i32],
+    m: &Measured<impl Sized>,
+    check: Check,
+    ceilings: &[Ceiling],
+    baseline: Option<Result<Baseline, String>>,
+) -> Row {
     let (flops, bytes) = cases::work(&c.op, counts);
     let (ceiling, pct) = roofline(ceilings, flops, bytes, m.stats.median_us);
     let (baseline, baseline_unavailable) = match baseline {
@@ -278,7 +287,14 @@ fn run_case(
                 });
                 (check, baseline)
             } else {
-                (cpu_is_reference(), base.map(|b| Baseline { name: b.config, stats: b.stats, check: cpu_is_reference() }))
+                (
+                    cpu_is_reference(),
+                    base.map(|b| Baseline {
+                        name: b.config,
+                        stats: b.stats,
+                        check: cpu_is_reference(),
+                    }),
+                )
             };
             Ok(row(c, &g.counts, &ours, check, ceilings, Some(baseline)))
         }
@@ -292,13 +308,22 @@ fn run_case(
                 let (mut q, mut s) = (vec![0u8; e * cap * h], moe_core::ScaleBuf::zeros(p.scale_format(), m.out.1.len()));
                 moe_core::Backend::silu_mul_quant(&cpu, &p, &y, &counts, &mut q, s.view_mut())?;
                 let (cq, cs) = (check_bits("q", &m.out.0, &q), check_bits("s", &m.out.1.to_bits(), &s.to_bits()));
-                Check { ok: cq.ok && cs.ok, detail: format!("{}; {}", cq.detail, cs.detail) }
+                Check {
+                    ok: cq.ok && cs.ok,
+                    detail: format!("{}; {}", cq.detail, cs.detail),
+                }
             } else {
                 cpu_is_reference()
             };
             Ok(row(c, &counts, &m, check, ceilings, None))
         }
-        Op::Prepare { m: tokens, k, topk, e, t: cap } => {
+        Op::Prepare {
+            m: tokens,
+            k,
+            topk,
+            e,
+            t: cap,
+        } => {
             *weights = None;
             let p = Prepare::new(tokens, k, topk, e, cap, ScaleFormat::F32CeilUe8m0)?;
             let x = bf16_rows(rng, tokens * k);
@@ -306,16 +331,29 @@ fn run_case(
             let counts = moe_core::Routing::new(&ids, tokens, topk, e, cap)?.counts().to_vec();
             let m = t.prepare(cfg, &p, &x, &ids)?;
             let check = if check_on {
-                let (mut q, mut s, mut cc) = (vec![0u8; m.out.0.len()], moe_core::ScaleBuf::zeros(p.scale_format(), m.out.1.len()), vec![0; e]);
+                let (mut q, mut s, mut cc) = (
+                    vec![0u8; m.out.0.len()],
+                    moe_core::ScaleBuf::zeros(p.scale_format(), m.out.1.len()),
+                    vec![0; e],
+                );
                 moe_core::Backend::prepare(&cpu, &p, &x, &ids, &mut q, s.view_mut(), &mut cc)?;
                 let (cq, cs) = (check_bits("a1q", &m.out.0, &q), check_bits("a1s", &m.out.1.to_bits(), &s.to_bits()));
-                Check { ok: cq.ok && cs.ok, detail: format!("{}; {}", cq.detail, cs.detail) }
+                Check {
+                    ok: cq.ok && cs.ok,
+                    detail: format!("{}; {}", cq.detail, cs.detail),
+                }
             } else {
                 cpu_is_reference()
             };
             Ok(row(c, &counts, &m, check, ceilings, None))
         }
-        Op::Finalize { m: tokens, k, topk, e, t: cap } => {
+        Op::Finalize {
+            m: tokens,
+            k,
+            topk,
+            e,
+            t: cap,
+        } => {
             *weights = None;
             let p = Finalize::new(tokens, k, topk, e, cap)?;
             let eo = bf16_rows(rng, e * cap * k);
@@ -342,7 +380,10 @@ fn run_case(
                 moe_core::Backend::block_quant(&cpu, &p, moe_core::Activation::Bf16(&w), &mut q, &mut s)?;
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 let (cq, cs) = (check_bits("q", &m.out.0, &q), check_bits("s", &bits(&m.out.1), &bits(&s)));
-                Check { ok: cq.ok && cs.ok, detail: format!("{}; {}", cq.detail, cs.detail) }
+                Check {
+                    ok: cq.ok && cs.ok,
+                    detail: format!("{}; {}", cq.detail, cs.detail),
+                }
             } else {
                 cpu_is_reference()
             };
@@ -362,7 +403,10 @@ fn run_case(
                 let cd = calc_diff(&m.out, &out);
                 Check {
                     ok: cd < data::STAGE_CALC_DIFF_MAX,
-                    detail: format!("calc_diff {cd:.2e} against CpuBackend (accepted below {:.0e})", data::STAGE_CALC_DIFF_MAX),
+                    detail: format!(
+                        "calc_diff {cd:.2e} against CpuBackend (accepted below {:.0e})",
+                        data::STAGE_CALC_DIFF_MAX
+                    ),
                 }
             } else {
                 cpu_is_reference()

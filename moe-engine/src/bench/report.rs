@@ -233,14 +233,23 @@ impl BenchReport {
     pub fn render(&self) -> String {
         let d = &self.device;
         let mut s = String::new();
-        s += &format!("device: {} ({}), {} {}", d.name, d.backend, d.units, if d.backend == "cuda" { "SMs" } else { "threads" });
+        s += &format!(
+            "device: {} ({}), {} {}",
+            d.name,
+            d.backend,
+            d.units,
+            if d.backend == "cuda" { "SMs" } else { "threads" }
+        );
         if let Some(v) = &d.driver {
             s += &format!(", driver CUDA {v}");
         }
         if let (Some(sm), Some(mem)) = (d.sm_clock_mhz, d.mem_clock_mhz) {
             s += &format!(", peak clocks SM {sm} MHz / memory {mem} MHz");
         }
-        s += &format!("\ncuBLASLt: {}\ntiming: {} ({} samples, {} warm-up)\n", d.cublaslt, self.method, self.samples, self.warmup);
+        s += &format!(
+            "\ncuBLASLt: {}\ntiming: {} ({} samples, {} warm-up)\n",
+            d.cublaslt, self.method, self.samples, self.warmup
+        );
         s += "\nceilings measured in this run:\n";
         for c in &self.ceilings {
             match c.value {
@@ -259,7 +268,7 @@ impl BenchReport {
                 (None, None) => "-".into(),
             };
             s += &format!(
-                "{:<9} {:<15} {:<34} {:<11} {:>6} {:>9.1} {:>13} {:>8} {:>8.0} {:>6} {:>9} {:>6}  {}\n",
+                "{:<9} {:<15} {:<34} {:<11} {:>6} {:>9.1} {:>13} {:>8} {:>8.1} {:>6} {:>9} {:>6}  {}\n",
                 r.suite,
                 r.op,
                 r.shape(),
@@ -267,7 +276,7 @@ impl BenchReport {
                 r.live_rows,
                 r.ours.median_us,
                 format!("{:.1}–{:.1}", r.ours.p10_us, r.ours.p90_us),
-                if r.flops > 0.0 { format!("{:.1}", r.tflops()) } else { "-".into() },
+                if r.flops > 0.0 { format!("{:.3}", r.tflops()) } else { "-".into() },
                 r.gbs(),
                 r.pct_of_ceiling.map(|p| format!("{p:.0}%")).unwrap_or_else(|| "-".into()),
                 base,

@@ -168,7 +168,10 @@ mod tests {
     #[test]
     fn every_field_is_documented() {
         for (path, _) in FIELDS {
-            assert!(DOC.contains(&format!("`{path}`")), "docs/bench-schema.md does not document `{path}`");
+            assert!(
+                DOC.contains(&format!("`{path}`")),
+                "docs/bench-schema.md does not document `{path}`"
+            );
         }
         assert!(DOC.contains(&format!("schema_version` is {SCHEMA_VERSION}")));
     }
@@ -181,6 +184,9 @@ mod tests {
         doc["schema_version"] = Value::from(2);
         doc.as_object_mut().unwrap().remove("tool");
         let e = validate(&doc).unwrap_err();
-        assert!(e.contains("timing.samples") && e.contains("schema_version") && e.contains("`tool`"), "{e}");
+        assert!(
+            e.contains("timing.samples") && e.contains("schema_version") && e.contains("`tool`"),
+            "{e}"
+        );
     }
 }

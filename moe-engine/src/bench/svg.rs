@@ -8,7 +8,11 @@ use plotters::prelude::*;
 use super::report::BenchReport;
 
 fn ceiling(r: &BenchReport, name: &str) -> Option<f64> {
-    r.ceilings.iter().find(|c| c.name == name).and_then(|c| c.value).filter(|v| v.is_finite() && *v > 0.0)
+    r.ceilings
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.value)
+        .filter(|v| v.is_finite() && *v > 0.0)
 }
 
 /// The roofline as an SVG document.
@@ -26,10 +30,13 @@ pub fn roofline_svg(r: &BenchReport) -> Result<String, String> {
         .filter(|(_, y)| y.is_finite() && *y > 0.0)
         .collect();
     let read = ceiling(r, "read");
-    let peaks: Vec<(&str, f64)> = [("fp8-gemm-per-tensor", "cuBLASLt FP8 per-tensor"), ("fp8-gemm-block", "cuBLASLt FP8 block-scaled")]
-        .iter()
-        .filter_map(|(n, label)| ceiling(r, n).map(|v| (*label, v)))
-        .collect();
+    let peaks: Vec<(&str, f64)> = [
+        ("fp8-gemm-per-tensor", "cuBLASLt FP8 per-tensor"),
+        ("fp8-gemm-block", "cuBLASLt FP8 block-scaled"),
+    ]
+    .iter()
+    .filter_map(|(n, label)| ceiling(r, n).map(|v| (*label, v)))
+    .collect();
     let xs = ours.iter().chain(&theirs).map(|p| p.0);
     let (x_lo, x_hi) = xs.fold((1.0f64, 1e4f64), |(lo, hi), x| (lo.min(x / 2.0), hi.max(x * 2.0)));
     let ys = ours.iter().chain(&theirs).map(|p| p.1).chain(peaks.iter().map(|p| p.1));

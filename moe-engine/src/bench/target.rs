@@ -4,7 +4,10 @@
 use std::time::Instant;
 
 use half::bf16;
-use moe_core::{Activation, Backend, BatchedExperts, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize, Prepare, ScaleBuf, Scales, SiluMulQuant, WeightsRef};
+use moe_core::{
+    Activation, Backend, BatchedExperts, BlockQuant, Experts, ExpertsInputs, ExpertsWorkspace, Finalize, Prepare, ScaleBuf, Scales,
+    SiluMulQuant, WeightsRef,
+};
 use moe_ref_cpu::CpuBackend;
 use rayon::prelude::*;
 
@@ -13,6 +16,9 @@ use super::report::{Ceiling, DeviceSummary};
 use super::stats::Stats;
 use super::BenchConfig;
 use crate::error::EngineError;
+
+/// Block quantization's outputs: `q` and its f32 scales.
+pub type QuantOut = (Vec<u8>, Vec<f32>);
 
 /// One measured unit: its timing, its output (for the check) and its kernel configuration.
 #[derive(Debug)]
@@ -46,8 +52,14 @@ impl StageInputs {
         ExpertsInputs {
             a1q: &self.a1q,
             a1s: self.a1s.view(),
-            w1: WeightsRef { q: &self.w1.0, s: &self.w1.1 },
-            w2: WeightsRef { q: &self.w2.0, s: &self.w2.1 },
+            w1: WeightsRef {
+                q: &self.w1.0,
+                s: &self.w1.1,
+            },
+            w2: WeightsRef {
+                q: &self.w2.0,
+                s: &self.w2.1,
+            },
             counts: &self.counts,
         }
     }
@@ -70,13 +82,26 @@ pub trait Target {
     /// The cuBLASLt loop on the same inputs: `d (E, T, N)`, or why it cannot run.
     fn gemm_baseline(&mut self, cfg: &BenchConfig, g: &GemmInputs) -> Result<Measured<Vec<bf16>>, String>;
     /// SiLU-mul-quant: `q` and its scales.
-    fn silu(&mut self, cfg: &BenchConfig, p: &SiluMulQuant, y: &[bf16], counts: &[i32]) -> Result<Measured<(Vec<u8>, ScaleBuf)>, EngineError>;
+    fn silu(
+        &mut self,
+        cfg: &BenchConfig,
+        p: &SiluMulQuant,
+        y: &[bf16],
+        counts: &[i32],
+    ) -> Result<Measured<(Vec<u8>, ScaleBuf)>, EngineError>;
     /// Prepare's quantization: `a1q`, its scales.
     fn prepare(&mut self, cfg: &BenchConfig, p: &Prepare, x: &[bf16], ids: &[i32]) -> Result<Measured<(Vec<u8>, ScaleBuf)>, EngineError>;
     /// Finalize: `out (M, K)`.
-    fn finalize(&mut self, cfg: &BenchConfig, p: &Finalize, eo: &[bf16], ids: &[i32], w: &[f32]) -> Result<Measured<Vec<bf16>>, EngineError>;
+    fn finalize(
+        &mut self,
+        cfg: &BenchConfig,
+        p: &Finalize,
+        eo: &[bf16],
+        ids: &[i32],
+        w: &[f32],
+    ) -> Result<Measured<Vec<bf16>>, EngineError>;
     /// Block quantization: `q` and `s`.
-    fn block_quant(&mut self, cfg: &BenchConfig, p: &BlockQuant, w: &[bf16]) -> Result<Measured<(Vec<u8>, Vec<f32>)>, EngineError>;
+    fn block_quant(&mut self, cfg: &BenchConfig, p: &BlockQuant, w: &[bf16]) -> Result<Measured<QuantOut>, EngineError>;
     /// The experts stage: `out (E, T, K)`.
     fn stage(&mut self, cfg: &BenchConfig, p: &Experts, s: &StageInputs) -> Result<Measured<Vec<bf16>>, EngineError>;
 }
@@ -150,7 +175,10 @@ impl Target for CpuTarget {
     }
 
     fn method(&self) -> String {
-        format!("wall clock per call; before each flushed sample a {} MiB cache sweep", CPU_SWEEP_BYTES >> 20)
+        format!(
+            "wall clock per call; before each flushed sample a {} MiB cache sweep",
+            CPU_SWEEP_BYTES >> 20
+        )
     }
 
     fn flush_bytes(&self) -> u64 {
@@ -169,10 +197,15 @@ impl Target for CpuTarget {
         let mut read = Vec::new();
         for _ in 0..cfg.samples.max(1) {
             let t = Instant::now();
-            dst.par_chunks_mut(1 << 20).zip(src.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
+            dst.par_chunks_mut(1 << 20)
+                .zip(src.par_chunks(1 << 20))
+                .for_each(|(d, s)| d.copy_from_slice(s));
             copy.push(t.elapsed().as_secs_f64() * 1e6);
             let t = Instant::now();
-            let x = src.par_chunks(1 << 20).map(|c| c.iter().fold(0u8, |a, &b| a ^ b)).reduce(|| 0, |a, b| a ^ b);
+            let x = src
+                .par_chunks(1 << 20)
+                .map(|c| c.iter().fold(0u8, |a, &b| a ^ b))
+                .reduce(|| 0, |a, b| a ^ b);
             read.push(t.elapsed().as_secs_f64() * 1e6);
             std::hint::black_box(x);
         }
@@ -188,8 +221,18 @@ impl Target for CpuTarget {
             }
         };
         vec![
-            mk("copy", &copy, 2.0 * n as f64, &format!("{} MiB memcpy on every thread (read + write)", n >> 20)),
-            mk("read", &read, n as f64, &format!("{} MiB XOR-fold on every thread (read only)", n >> 20)),
+            mk(
+                "copy",
+                &copy,
+                2.0 * n as f64,
+                &format!("{} MiB memcpy on every thread (read + write)", n >> 20),
+            ),
+            mk(
+                "read",
+                &read,
+                n as f64,
+                &format!("{} MiB XOR-fold on every thread (read only)", n >> 20),
+            ),
             Ceiling {
                 name: "fp8-gemm-block".into(),
                 unit: "TFLOP/s",
@@ -216,7 +259,13 @@ impl Target for CpuTarget {
         Err("cuBLASLt unavailable: the CPU backend has no GPU".into())
     }
 
-    fn silu(&mut self, cfg: &BenchConfig, p: &SiluMulQuant, y: &[bf16], counts: &[i32]) -> Result<Measured<(Vec<u8>, ScaleBuf)>, EngineError> {
+    fn silu(
+        &mut self,
+        cfg: &BenchConfig,
+        p: &SiluMulQuant,
+        y: &[bf16],
+        counts: &[i32],
+    ) -> Result<Measured<(Vec<u8>, ScaleBuf)>, EngineError> {
         let mut q = vec![0u8; p.experts() * p.capacity() * p.h()];
         let mut s = ScaleBuf::zeros(p.scale_format(), p.scale_shape().iter().product());
         let (stats, ()) = self.time(cfg, |cpu| Ok(cpu.silu_mul_quant(p, y, counts, &mut q, s.view_mut())?))?;
@@ -239,7 +288,14 @@ impl Target for CpuTarget {
         })
     }
 
-    fn finalize(&mut self, cfg: &BenchConfig, p: &Finalize, eo: &[bf16], ids: &[i32], w: &[f32]) -> Result<Measured<Vec<bf16>>, EngineError> {
+    fn finalize(
+        &mut self,
+        cfg: &BenchConfig,
+        p: &Finalize,
+        eo: &[bf16],
+        ids: &[i32],
+        w: &[f32],
+    ) -> Result<Measured<Vec<bf16>>, EngineError> {
         let mut out = vec![bf16::ZERO; p.tokens() * p.k()];
         let (stats, ()) = self.time(cfg, |cpu| Ok(cpu.finalize(p, eo, ids, w, &mut out)?))?;
         Ok(Measured {
@@ -249,7 +305,7 @@ impl Target for CpuTarget {
         })
     }
 
-    fn block_quant(&mut self, cfg: &BenchConfig, p: &BlockQuant, w: &[bf16]) -> Result<Measured<(Vec<u8>, Vec<f32>)>, EngineError> {
+    fn block_quant(&mut self, cfg: &BenchConfig, p: &BlockQuant, w: &[bf16]) -> Result<Measured<QuantOut>, EngineError> {
         let mut q = vec![0u8; w.len()];
         let mut s = vec![0f32; p.scale_shape().iter().product()];
         let (stats, ()) = self.time(cfg, |cpu| Ok(cpu.block_quant(p, Activation::Bf16(w), &mut q, &mut s)?))?;
