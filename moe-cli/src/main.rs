@@ -10,6 +10,9 @@
 //! - `moe op <name> --in IN --out OUT`: one operation on safetensors files (SPEC §8). Bad input
 //!   is one line on stderr naming the tensor and exit code 2; nothing is written to `OUT` then.
 //! - `moe info`: version, compiled backends, thread count, CUDA devices.
+//! - `moe bench --suite NAME [--json FILE] [--svg FILE]`: timings against ceilings measured in
+//!   the same run and the cuBLASLt baseline (`docs/benchmarks.md`); `--backend cpu` times the CPU
+//!   with smaller shapes.
 //!
 //! Exit codes: 0 success; 1 a failed check, a device error or an unwritable output; 2 bad input
 //! or usage (as clap's own usage errors).
@@ -25,6 +28,7 @@ use moe_core::{Numerics, ScaleFormat};
 use moe_engine::weights::{safetensors as st, MappedFile};
 use moe_engine::{device, pipeline, Device, DeviceKind, EngineError, InputError, Op, OpOptions, RunConfig};
 
+mod bench;
 mod diff;
 
 /// Exit code of an input or usage error (the same as clap's for a bad command line).
@@ -63,6 +67,8 @@ enum Command {
     Info,
     /// Compare a backend with the naive CPU reference on seeded random cases of every operation.
     Diff(diff::DiffArgs),
+    /// Time every GPU stage against ceilings measured in the same run and the cuBLASLt baseline (JSON, SVG roofline).
+    Bench(bench::BenchArgs),
 }
 
 fn parse_scale_fmt(s: &str) -> Result<ScaleFormat, String> {
@@ -263,6 +269,7 @@ fn main() -> ExitCode {
         Command::Op(a) => cmd_op(a),
         Command::Info => cmd_info(),
         Command::Diff(a) => return diff::run(a),
+        Command::Bench(a) => return bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,7 +11,11 @@ fn refused(args: &[&str], needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
     assert!(err.contains(needle), "{args:?}: {err}");
-    assert!(o.stdout.is_empty(), "{args:?} printed a table: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.stdout.is_empty(),
+        "{args:?} printed a table: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
 
 #[test]
@@ -29,7 +33,17 @@ fn zero_cases_are_refused() {
 
 #[test]
 fn a_valid_bound_constant_is_accepted_and_reported() {
-    let o = moe(&["diff", "--cases", "2", "--op", "grouped-gemm", "--gemm-c", "0.0001", "--threads", "1"]);
+    let o = moe(&[
+        "diff",
+        "--cases",
+        "2",
+        "--op",
+        "grouped-gemm",
+        "--gemm-c",
+        "0.0001",
+        "--threads",
+        "1",
+    ]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.contains("GEMM contract bounded"), "{out}");

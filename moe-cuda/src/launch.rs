@@ -24,6 +24,7 @@ use moe_core::{DeviceError, Numerics, ScaleFormat, GROUP};
 use crate::device::{driver_err, Device};
 use crate::kernels::{fmt_code, numerics_code, KernelId};
 
+mod bench;
 mod config;
 
 pub(crate) use config::Config;

@@ -40,6 +40,8 @@ pub use kernels::{KernelId, NVRTC_OPTIONS};
 #[cfg(feature = "cuda")]
 mod backend;
 #[cfg(feature = "cuda")]
+pub mod bench;
+#[cfg(feature = "cuda")]
 pub mod compile;
 #[cfg(feature = "cuda")]
 mod device;

@@ -67,6 +67,7 @@
 #![warn(missing_docs)]
 
 pub mod array;
+pub mod bench;
 pub mod device;
 pub mod error;
 pub mod ops;

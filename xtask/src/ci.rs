@@ -4,7 +4,8 @@
 //! 2. `cargo clippy` on the workspace, then again with the CUDA feature (no GPU needed)
 //! 3. the tests of the whole workspace (differential suites, golden vectors, CLI), then the GPU
 //!    tests built with the CUDA feature, which print counted skips on a machine without a GPU
-//! 4. the exhaustive `exp_f32` and E4M3-encoder checks (all 2^32 inputs, release build)
+//! 4. a CPU smoke run of `moe bench` (tiny shapes) whose JSON is validated against the schema,
+//!    then the exhaustive `exp_f32` and E4M3-encoder checks (all 2^32 inputs, release build)
 //! 5. `nvrtc-check`: every CUDA kernel compiled for `sm_90a` (installs NVRTC from PyPI if needed)
 //! 6. a short fuzzing smoke run of every fuzz target
 //! 7. `cargo doc` without warnings
@@ -55,6 +56,39 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--test",
             "selftest",
         ]))
+    })?;
+    // A CPU smoke of `moe bench` on tiny shapes; the JSON it writes must follow the documented
+    // schema (no timing is asserted).
+    step("bench smoke (cpu, JSON schema)", &mut || {
+        let json = crate::util::root().join("target/bench-smoke.json");
+        let json = json.to_str().ok_or("non-UTF-8 target path")?.to_string();
+        let moe = |extra: &[&str]| {
+            let mut c = cargo();
+            c.args(["run", "--quiet", "-p", "moe-cli", "--", "bench"]).args(extra);
+            c
+        };
+        sh(&mut moe(&[
+            "--backend",
+            "cpu",
+            "--tiny",
+            "--samples",
+            "2",
+            "--warmup",
+            "1",
+            "--suite",
+            "deepgemm",
+            "--suite",
+            "decode",
+            "--suite",
+            "silu",
+            "--suite",
+            "quant",
+            "--suite",
+            "stage",
+            "--json",
+            &json,
+        ]))?;
+        sh(&mut moe(&["--validate", &json]))
     })?;
     step("exp-check (all 2^32 inputs)", &mut || {
         sh(cargo().args(["run", "--release", "--quiet", "-p", "xtask", "--", "exp-check"]))

@@ -1,0 +1,37 @@
+// Kernels of the benchmark harness (`moe bench`), not of the MoE stage:
+// - moe_bench_read: the read-only streaming ceiling. Every thread reads 16-byte words with a
+//   grid-stride loop (four independent loads in flight per iteration) and folds them into a XOR;
+//   the result is stored only if it equals a value the caller passes and the data never holds, so
+//   nothing is written in practice and the compiler cannot drop the loads.
+// - moe_bench_spin: keeps the GPU busy for `cycles` SM clocks without touching memory, so that the
+//   host has enqueued the timed graph before the start event is reached (the event then measures
+//   the GPU's work, not the host's launch latency), with the L2 left as it was.
+
+#include "common.cuh"
+
+extern "C" __global__ void __launch_bounds__(512) moe_bench_read(const uint4* __restrict__ src, i64 n16, u32 magic,
+                                                                 u32* __restrict__ sink) {
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    u32 acc = 0;
+    for (; i + 3 * stride < n16; i += 4 * stride) {
+        const uint4 a = __ldg(src + i);
+        const uint4 b = __ldg(src + i + stride);
+        const uint4 c = __ldg(src + i + 2 * stride);
+        const uint4 d = __ldg(src + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n16; i += stride) {
+        const uint4 a = __ldg(src + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    if (acc == magic) {
+        sink[0] = acc;
+    }
+}
+
+extern "C" __global__ void moe_bench_spin(i64 cycles) {
+    const i64 start = clock64();
+    while (clock64() - start < cycles) {
+    }
+}
