@@ -285,6 +285,20 @@ impl<'a> ScalesMut<'a> {
         }
     }
 
+    /// The writable scales of each expert in turn, when every expert holds `per_expert` stored
+    /// elements (`cols · T` for the MN-major `(E, cols, T)` activation scales).
+    ///
+    /// # Panics
+    /// If `per_expert` is 0 (a validated problem never asks for it).
+    pub fn into_experts(self, per_expert: usize) -> impl Iterator<Item = ScalesMut<'a>> {
+        let (f32s, words): (&mut [f32], &mut [i32]) = match self {
+            ScalesMut::F32(s) => (s, Default::default()),
+            ScalesMut::Packed(w) => (Default::default(), w),
+        };
+        let f32s = f32s.chunks_mut(per_expert).map(ScalesMut::F32);
+        f32s.chain(words.chunks_mut(per_expert).map(ScalesMut::Packed))
+    }
+
     /// Stores the scale `sc` of group `g` of row `row` of a `(rows, groups)` matrix in `layout`:
     /// the f32 value, or its UE8M0 code (`ue8m0_from_pow2`) in byte `g % 4` of its word.
     ///

@@ -198,21 +198,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn batched_token_group_quant(
-        &self,
-        p: &BatchedTokenGroupQuant,
-        x: Activation<'_>,
-        counts: &[i32],
-        q: &mut [u8],
-        mut s: ScalesMut<'_>,
-    ) -> MoeResult<()> {
-        p.check(&x, counts, q, &s)?;
+    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation, c: &[i32], q: &mut [u8], s: ScalesMut) -> MoeResult<()> {
+        p.check(&x, c, q, &s)?;
         let (t_cap, k, groups, fmt) = (p.capacity(), p.k(), p.groups(), p.scale_format());
-        let per_expert = fmt.columns(groups) * t_cap;
-        for (e, qe) in q.chunks_mut(t_cap * k).enumerate() {
-            let live = counts[e] as usize;
+        let experts = q.chunks_mut(t_cap * k).zip(s.into_experts(fmt.columns(groups) * t_cap));
+        for (e, (qe, mut se)) in experts.enumerate() {
+            let live = c[e] as usize;
             let rows = self.install(|| quant_rows_par(&x, k, fmt.is_ceil(), &mut qe[..live * k], |r| (e * t_cap + r) * k));
-            scatter_mn(&mut s.expert_mut(e, per_expert), fmt, t_cap, groups, &rows, live);
+            scatter_mn(&mut se, fmt, t_cap, groups, &rows, live);
         }
         Ok(())
     }

@@ -108,26 +108,18 @@ impl Backend for NaiveCpu {
         Ok(())
     }
 
-    fn batched_token_group_quant(
-        &self,
-        p: &BatchedTokenGroupQuant,
-        x: Activation<'_>,
-        counts: &[i32],
-        q: &mut [u8],
-        mut s: ScalesMut<'_>,
-    ) -> MoeResult<()> {
-        p.check(&x, counts, q, &s)?;
+    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation, c: &[i32], q: &mut [u8], s: ScalesMut) -> MoeResult<()> {
+        p.check(&x, c, q, &s)?;
         let (t_cap, k, groups, fmt) = (p.capacity(), p.k(), p.groups(), p.scale_format());
         let cols = fmt.columns(groups);
-        for e in 0..p.experts() {
-            let c = counts[e] as usize;
+        for (e, mut se) in s.into_experts(cols * t_cap).enumerate() {
+            let live = c[e] as usize;
             let xe = match x {
-                Activation::Bf16(v) => Activation::Bf16(&v[e * t_cap * k..][..c * k]),
-                Activation::F32(v) => Activation::F32(&v[e * t_cap * k..][..c * k]),
+                Activation::Bf16(v) => Activation::Bf16(&v[e * t_cap * k..][..live * k]),
+                Activation::F32(v) => Activation::F32(&v[e * t_cap * k..][..live * k]),
             };
-            let mut se = s.expert_mut(e, cols * t_cap);
-            clear_packed_rows(&mut se, t_cap, cols, c);
-            quant_rows(&xe, c, k, fmt, &mut q[e * t_cap * k..][..c * k], |r, g, sc| {
+            clear_packed_rows(&mut se, t_cap, cols, live);
+            quant_rows(&xe, live, k, fmt, &mut q[e * t_cap * k..][..live * k], |r, g, sc| {
                 se.store(ScaleLayout::MnMajor, t_cap, groups, r, g, sc)
             });
         }
