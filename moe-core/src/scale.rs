@@ -235,10 +235,7 @@ impl<'a> Scales<'a> {
 impl<'a> ScalesMut<'a> {
     /// Number of stored elements (f32 values or i32 words).
     pub fn len(&self) -> usize {
-        match self {
-            ScalesMut::F32(s) => s.len(),
-            ScalesMut::Packed(s) => s.len(),
-        }
+        self.as_scales().len()
     }
 
     /// Whether no element is stored.
@@ -248,12 +245,12 @@ impl<'a> ScalesMut<'a> {
 
     /// Whether these are packed words.
     pub fn is_packed(&self) -> bool {
-        matches!(self, ScalesMut::Packed(_))
+        self.as_scales().is_packed()
     }
 
     /// Checks the kind against `fmt` and the length against `expected`.
     pub fn check(&self, tensor: &'static str, fmt: ScaleFormat, expected: usize, shape: &[usize]) -> Result<(), ProblemError> {
-        check_kind_len(tensor, fmt, self.is_packed(), self.len(), expected, shape)
+        self.as_scales().check(tensor, fmt, expected, shape)
     }
 
     /// A shorter-lived mutable view.
