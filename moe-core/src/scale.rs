@@ -56,12 +56,6 @@ impl ScaleFormat {
     }
 }
 
-impl std::fmt::Display for ScaleFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// The arithmetic of SiLU-mul-quant (SPEC §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Numerics {
@@ -90,11 +84,18 @@ impl Numerics {
     }
 }
 
-impl std::fmt::Display for Numerics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
+/// `Display` as the command-line name, for the option enums.
+macro_rules! display_as_name {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    )*};
 }
+
+display_as_name!(ScaleFormat, Numerics);
 
 /// Physical layout of a `(rows, columns)` scale matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
