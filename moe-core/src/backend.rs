@@ -29,14 +29,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()>;
 
     /// Batched token-group quantization of `(E, T, K)`, live rows only (SPEC §5.1).
-    fn batched_token_group_quant(
-        &self,
-        p: &BatchedTokenGroupQuant,
-        x: Activation<'_>,
-        counts: &[i32],
-        q: &mut [u8],
-        s: ScalesMut<'_>,
-    ) -> MoeResult<()>;
+    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation, c: &[i32], q: &mut [u8], s: ScalesMut) -> MoeResult<()>;
 
     /// 128×128 block quantization of weights (SPEC §4).
     fn block_quant(&self, p: &BlockQuant, w: Activation<'_>, q: &mut [u8], s: &mut [f32]) -> MoeResult<()>;

@@ -81,12 +81,23 @@ pub fn e4m3_from_f32(x: f32) -> u8 {
 /// The definition of [`e4m3_from_f32`], written for clarity (integer rounding of the significand
 /// with explicit subnormal handling); used to check the fast encoder.
 pub fn e4m3_from_f32_reference(x: f32) -> u8 {
+    encode_saturating(x, E4M3_MAX, 3, 7, 0x7E)
+}
+
+/// The sign bit and the saturating magnitude code of `x` in a format with `mant` mantissa bits,
+/// exponent bias `bias` and largest finite value `max` (code `max_code`); NaN encodes to `0x7F`.
+#[inline]
+fn encode_saturating(x: f32, max: f32, mant: u32, bias: i32, max_code: u32) -> u8 {
     if x.is_nan() {
-        return E4M3_NAN;
+        return 0x7F;
     }
     let sign = ((x.to_bits() >> 24) & 0x80) as u8;
     let a = x.abs();
-    let code = if a >= E4M3_MAX { 0x7E } else { encode_magnitude(a, 3, 7, 0x7E) };
+    let code = if a >= max {
+        max_code
+    } else {
+        encode_magnitude(a, mant, bias, max_code)
+    };
     sign | code as u8
 }
 
@@ -124,13 +135,7 @@ pub static E4M3_DECODE: [f32; 256] = build_e4m3_table();
 /// Encodes an f32 to E5M2 with the saturating rule (max 57344); NaN encodes to `0x7F`.
 #[inline]
 pub fn e5m2_from_f32(x: f32) -> u8 {
-    if x.is_nan() {
-        return 0x7F;
-    }
-    let sign = ((x.to_bits() >> 24) & 0x80) as u8;
-    let a = x.abs();
-    let code = if a >= E5M2_MAX { 0x7B } else { encode_magnitude(a, 2, 15, 0x7B) };
-    sign | code as u8
+    encode_saturating(x, E5M2_MAX, 2, 15, 0x7B)
 }
 
 /// Decodes an E5M2 byte; exact (E5M2 codes `0x7C`/`0xFC` are ±inf, above are NaN).

@@ -56,12 +56,6 @@ impl ScaleFormat {
     }
 }
 
-impl std::fmt::Display for ScaleFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// The arithmetic of SiLU-mul-quant (SPEC §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Numerics {
@@ -90,11 +84,18 @@ impl Numerics {
     }
 }
 
-impl std::fmt::Display for Numerics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
+/// `Display` as the command-line name, for the option enums.
+macro_rules! display_as_name {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    )*};
 }
+
+display_as_name!(ScaleFormat, Numerics);
 
 /// Physical layout of a `(rows, columns)` scale matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -235,10 +236,7 @@ impl<'a> Scales<'a> {
 impl<'a> ScalesMut<'a> {
     /// Number of stored elements (f32 values or i32 words).
     pub fn len(&self) -> usize {
-        match self {
-            ScalesMut::F32(s) => s.len(),
-            ScalesMut::Packed(s) => s.len(),
-        }
+        self.as_scales().len()
     }
 
     /// Whether no element is stored.
@@ -248,12 +246,12 @@ impl<'a> ScalesMut<'a> {
 
     /// Whether these are packed words.
     pub fn is_packed(&self) -> bool {
-        matches!(self, ScalesMut::Packed(_))
+        self.as_scales().is_packed()
     }
 
     /// Checks the kind against `fmt` and the length against `expected`.
     pub fn check(&self, tensor: &'static str, fmt: ScaleFormat, expected: usize, shape: &[usize]) -> Result<(), ProblemError> {
-        check_kind_len(tensor, fmt, self.is_packed(), self.len(), expected, shape)
+        self.as_scales().check(tensor, fmt, expected, shape)
     }
 
     /// A shorter-lived mutable view.
@@ -283,6 +281,20 @@ impl<'a> ScalesMut<'a> {
             ScalesMut::F32(s) => ScalesMut::F32(&mut s[e * per_expert..(e + 1) * per_expert]),
             ScalesMut::Packed(s) => ScalesMut::Packed(&mut s[e * per_expert..(e + 1) * per_expert]),
         }
+    }
+
+    /// The writable scales of each expert in turn, when every expert holds `per_expert` stored
+    /// elements (`cols · T` for the MN-major `(E, cols, T)` activation scales).
+    ///
+    /// # Panics
+    /// If `per_expert` is 0 (a validated problem never asks for it).
+    pub fn into_experts(self, per_expert: usize) -> impl Iterator<Item = ScalesMut<'a>> {
+        let (f32s, words): (&mut [f32], &mut [i32]) = match self {
+            ScalesMut::F32(s) => (s, Default::default()),
+            ScalesMut::Packed(w) => (Default::default(), w),
+        };
+        let f32s = f32s.chunks_mut(per_expert).map(ScalesMut::F32);
+        f32s.chain(words.chunks_mut(per_expert).map(ScalesMut::Packed))
     }
 
     /// Stores the scale `sc` of group `g` of row `row` of a `(rows, groups)` matrix in `layout`:

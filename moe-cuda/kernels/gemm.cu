@@ -35,6 +35,16 @@ __device__ __forceinline__ float load_sa(const u32* sa, int sa_packed, int E_unu
     return __uint_as_float(sa[((long long)e * KB + kb) * T + t]);
 }
 
+// Zeroes a warp's 2 x 4 fragments of 4 f32 accumulators.
+__device__ __forceinline__ void zero_frags(float (&f)[2][4][4]) {
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) f[mi][ni][r] = 0.0f;
+}
+
 template <bool CHAIN>
 __device__ __forceinline__ void gemm_body(const u8* __restrict__ a, const u32* __restrict__ sa, int sa_packed, const u8* __restrict__ b,
                                           const float* __restrict__ sb, u16* __restrict__ d, const int* __restrict__ counts,
@@ -59,12 +69,7 @@ __device__ __forceinline__ void gemm_body(const u8* __restrict__ a, const u32* _
         const int n0 = nt * BN;
         const int cnt = clamp_count(counts[e], T);
         float acc[2][4][4];
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-                for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.0f;
+        zero_frags(acc);
         for (int kb = 0; kb < KB; ++kb) {
             // Stage the A and B tiles: 64 rows x 128 bytes each, 16 bytes per access.
 #pragma unroll
@@ -80,12 +85,7 @@ __device__ __forceinline__ void gemm_body(const u8* __restrict__ a, const u32* _
             }
             __syncthreads();
             float part[2][4][4];
-#pragma unroll
-            for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-                    for (int r = 0; r < 4; ++r) part[mi][ni][r] = 0.0f;
+            zero_frags(part);
 #pragma unroll
             for (int ks = 0; ks < BK / 32; ++ks) {
                 u32 af[2][4];

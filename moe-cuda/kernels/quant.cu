@@ -67,6 +67,19 @@ extern "C" __global__ void __launch_bounds__(256) moe_token_group_quant(
     }
 }
 
+// Element i (0 .. 128*128, row-major) of 128x128 block (e, rb, cb) of a (E, R, C) matrix: its
+// offset, or -1 past the matrix's edges.
+__device__ __forceinline__ long long block_elem(long long e, long long rb, long long cb, int i, int R, int C) {
+    const long long r = rb * GROUP + i / GROUP;
+    const long long c = cb * GROUP + i % GROUP;
+    return r < R && c < C ? (e * R + r) * C + c : -1;
+}
+
+// Element `off` of a bf16 (w_is_f32 = 0) or f32 tensor, as f32.
+__device__ __forceinline__ float load_elem(const void* __restrict__ w, int w_is_f32, long long off) {
+    return w_is_f32 ? reinterpret_cast<const float*>(w)[off] : bf16_to_f32(reinterpret_cast<const u16*>(w)[off]);
+}
+
 // One 256-thread block per 128x128 block (grid-stride over E * RB * CB blocks). Block and element
 // indices are 64-bit, so `R + 127` cannot wrap for any R the host accepts (moe-cuda `limits`).
 extern "C" __global__ void __launch_bounds__(256) moe_block_quant(const void* __restrict__ w, int w_is_f32, u8* __restrict__ q,
@@ -81,13 +94,8 @@ extern "C" __global__ void __launch_bounds__(256) moe_block_quant(const void* __
         const long long e = bi / (CB * RB);
         float m = 0.0f;
         for (int i = threadIdx.x; i < GROUP * GROUP; i += blockDim.x) {
-            const long long r = rb * GROUP + i / GROUP;
-            const long long c = cb * GROUP + i % GROUP;
-            if (r < R && c < C) {
-                const long long off = (e * R + r) * C + c;
-                const float v = w_is_f32 ? reinterpret_cast<const float*>(w)[off] : bf16_to_f32(reinterpret_cast<const u16*>(w)[off]);
-                m = max_num(m, fabsf(v));
-            }
+            const long long off = block_elem(e, rb, cb, i, R, C);
+            if (off >= 0) m = max_num(m, fabsf(load_elem(w, w_is_f32, off)));
         }
         m = warp_max(m);
         if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
@@ -99,13 +107,8 @@ extern "C" __global__ void __launch_bounds__(256) moe_block_quant(const void* __
         float sc = __fdiv_rn(amax, 448.0f);
         if (pow2) sc = ceil_pow2(sc);
         for (int i = threadIdx.x; i < GROUP * GROUP; i += blockDim.x) {
-            const long long r = rb * GROUP + i / GROUP;
-            const long long c = cb * GROUP + i % GROUP;
-            if (r < R && c < C) {
-                const long long off = (e * R + r) * C + c;
-                const float v = w_is_f32 ? reinterpret_cast<const float*>(w)[off] : bf16_to_f32(reinterpret_cast<const u16*>(w)[off]);
-                q[off] = e4m3_sat(__fdiv_rn(v, sc));
-            }
+            const long long off = block_elem(e, rb, cb, i, R, C);
+            if (off >= 0) q[off] = e4m3_sat(__fdiv_rn(load_elem(w, w_is_f32, off), sc));
         }
         if (threadIdx.x == 0) s[(e * RB + rb) * CB + cb] = sc;
     }

@@ -121,11 +121,8 @@ impl CudaBackend {
         let sb_d = upload(s, sb, OP)?;
         let c_d = upload(s, counts, OP)?;
         let mut d_d = upload(s, bf16_bits(d), OP)?;
-        let mut prefix = alloc::<i32>(s, e + 1, OP)?;
-        let mut tiles = alloc::<i32>(s, e + 1, OP)?;
-        let l = self.launcher();
-        l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
-        l.grouped_gemm(
+        let (_prefix, tiles) = self.counts_prefix(&c_d, e, t, OP)?;
+        self.launcher().grouped_gemm(
             &a_d,
             &sa_d,
             p.scale_format(),
@@ -188,6 +185,40 @@ impl CudaBackend {
         sync(&self.dev, &self.stream, OP)?;
         Ok(out)
     }
+
+    /// The prefix of the clamped `counts` over `e` experts of capacity `t` and the prefix of
+    /// their `GEMM_BM`-row tiles (`e + 1` entries each), enqueued on the stream.
+    fn counts_prefix(&self, c_d: &CudaSlice<i32>, e: usize, t: usize, op: &'static str) -> MoeResult<(CudaSlice<i32>, CudaSlice<i32>)> {
+        let mut prefix = alloc::<i32>(&self.stream, e + 1, op)?;
+        let mut tiles = alloc::<i32>(&self.stream, e + 1, op)?;
+        self.launcher().counts_prefix(c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
+        Ok((prefix, tiles))
+    }
+
+    /// The second half of a live-rows quantizer (batched token-group quant, SiLU-mul-quant,
+    /// prepare), called with the lock held once its inputs are on the device: uploads `counts`
+    /// and the in-out outputs `q` and `s` (so that rows past `counts` round-trip unchanged),
+    /// enqueues the counts prefix, launches `run(launcher, q, s, prefix)`, and writes the
+    /// caller's `q` and `s` only once both downloads succeeded.
+    fn live_rows(
+        &self,
+        op: &'static str,
+        (e, t): (usize, usize),
+        counts: &[i32],
+        q: &mut [u8],
+        mut s: ScalesMut<'_>,
+        run: impl FnOnce(&Launcher<'_>, &mut CudaSlice<u8>, &mut CudaSlice<u32>, &CudaSlice<i32>) -> Result<(), DeviceError>,
+    ) -> MoeResult<()> {
+        let st = &self.stream;
+        let c_d = upload(st, counts, op)?;
+        let mut q_d = upload(st, q, op)?;
+        let sw = scale_words_mut(&mut s);
+        let mut s_d = upload(st, sw, op)?;
+        let (prefix, _tiles) = self.counts_prefix(&c_d, e, t, op)?;
+        run(&self.launcher(), &mut q_d, &mut s_d, &prefix)?;
+        commit2(|| fetch(st, &q_d, op), q, || fetch(st, &s_d, op), sw, || sync(&self.dev, st, op))?;
+        Ok(())
+    }
 }
 
 impl Backend for CudaBackend {
@@ -225,42 +256,16 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn batched_token_group_quant(
-        &self,
-        p: &BatchedTokenGroupQuant,
-        x: Activation<'_>,
-        counts: &[i32],
-        q: &mut [u8],
-        mut s: ScalesMut<'_>,
-    ) -> MoeResult<()> {
+    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation, c: &[i32], q: &mut [u8], s: ScalesMut) -> MoeResult<()> {
         const OP: &str = "batched token-group quant";
-        p.check(&x, counts, q, &s)?;
+        p.check(&x, c, q, &s)?;
         let (e, t, k) = (p.experts(), p.capacity(), p.k());
         limits::batched_quant(e, t, k)?;
         let _g = self.guard();
-        let st = &self.stream;
-        let xb = XBuf::upload(st, &x, OP)?;
-        let c_d = upload(st, counts, OP)?;
-        let mut q_d = upload(st, q, OP)?;
-        let sw = scale_words_mut(&mut s);
-        let mut s_d = upload(st, sw, OP)?;
-        let mut prefix = alloc::<i32>(st, e + 1, OP)?;
-        let mut tiles = alloc::<i32>(st, e + 1, OP)?;
-        let l = self.launcher();
-        l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
-        l.token_group_quant(
-            xb.as_in(),
-            e * t,
-            None,
-            &mut q_d,
-            &mut s_d,
-            (e, t, k),
-            Some(&prefix),
-            p.scale_format(),
-            true,
-        )?;
-        commit2(|| fetch(st, &q_d, OP), q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
-        Ok(())
+        let xb = XBuf::upload(&self.stream, &x, OP)?;
+        self.live_rows(OP, (e, t), c, q, s, |l, q_d, s_d, prefix| {
+            l.token_group_quant(xb.as_in(), e * t, None, q_d, s_d, (e, t, k), Some(prefix), p.scale_format(), true)
+        })
     }
 
     fn block_quant(&self, p: &BlockQuant, w: Activation<'_>, q: &mut [u8], s: &mut [f32]) -> MoeResult<()> {
@@ -278,40 +283,23 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
         const OP: &str = "silu-mul-quant";
         p.check(y, counts, q, &s)?;
         let (e, t, h) = (p.experts(), p.capacity(), p.h());
         limits::silu_mul_quant(e, t, h)?;
         let _g = self.guard();
-        let st = &self.stream;
-        let y_d = upload(st, bf16_bits(y), OP)?;
-        let c_d = upload(st, counts, OP)?;
-        let mut q_d = upload(st, q, OP)?;
-        let sw = scale_words_mut(&mut s);
-        let mut s_d = upload(st, sw, OP)?;
-        let mut prefix = alloc::<i32>(st, e + 1, OP)?;
-        let mut tiles = alloc::<i32>(st, e + 1, OP)?;
-        let l = self.launcher();
-        l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
-        l.silu_mul_quant(&y_d, &mut q_d, &mut s_d, (e, t, h), &prefix, p.scale_format(), p.numerics())?;
-        commit2(|| fetch(st, &q_d, OP), q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
-        Ok(())
+        let y_d = upload(&self.stream, bf16_bits(y), OP)?;
+        self.live_rows(OP, (e, t), counts, q, s, |l, q_d, s_d, prefix| {
+            l.silu_mul_quant(&y_d, q_d, s_d, (e, t, h), prefix, p.scale_format(), p.numerics())
+        })
     }
 
     fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
         self.grouped_gemm_variant(p, inputs, d, true)
     }
 
-    fn prepare(
-        &self,
-        p: &Prepare,
-        x: &[bf16],
-        topk_ids: &[i32],
-        a1q: &mut [u8],
-        mut a1s: ScalesMut<'_>,
-        counts: &mut [i32],
-    ) -> MoeResult<()> {
+    fn prepare(&self, p: &Prepare, x: &[bf16], topk_ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, counts: &mut [i32]) -> MoeResult<()> {
         const OP: &str = "prepare";
         // Routing (validation, dedup, overflow) on the host, exactly as the reference does.
         let routing = p.check(x, topk_ids, a1q, &a1s, counts)?;
@@ -328,29 +316,12 @@ impl Backend for CudaBackend {
                 }
             }
             let _g = self.guard();
-            let st = &self.stream;
-            let x_d = upload(st, bf16_bits(x), OP)?;
-            let g_d = upload(st, &gather, OP)?;
-            let c_d = upload(st, routing.counts(), OP)?;
-            let mut q_d = upload(st, a1q, OP)?;
-            let sw = scale_words_mut(&mut a1s);
-            let mut s_d = upload(st, sw, OP)?;
-            let mut prefix = alloc::<i32>(st, e + 1, OP)?;
-            let mut tiles = alloc::<i32>(st, e + 1, OP)?;
-            let l = self.launcher();
-            l.counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
-            l.token_group_quant(
-                XIn::Bf16(&x_d),
-                m,
-                Some(&g_d),
-                &mut q_d,
-                &mut s_d,
-                (e, t, k),
-                Some(&prefix),
-                p.scale_format(),
-                true,
-            )?;
-            commit2(|| fetch(st, &q_d, OP), a1q, || fetch(st, &s_d, OP), sw, || sync(&self.dev, st, OP))?;
+            let x_d = upload(&self.stream, bf16_bits(x), OP)?;
+            let g_d = upload(&self.stream, &gather, OP)?;
+            self.live_rows(OP, (e, t), routing.counts(), a1q, a1s, |l, q_d, s_d, prefix| {
+                let x = XIn::Bf16(&x_d);
+                l.token_group_quant(x, m, Some(&g_d), q_d, s_d, (e, t, k), Some(prefix), p.scale_format(), true)
+            })?;
         }
         counts.copy_from_slice(routing.counts());
         Ok(())

@@ -11,7 +11,8 @@ use common::*;
 use moe_core::scale::pack_ue8m0;
 use moe_core::{
     bf16, check_counts, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, ExpertsInputs, ExpertsStage, ExpertsWorkspace,
-    Finalize, GemmInputs, GroupedGemm, MoeError, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout, SiluMulQuant, WeightsRef, GROUP,
+    Finalize, GemmInputs, GroupedGemm, MoeError, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout, Scales, SiluMulQuant, WeightsRef,
+    GROUP,
 };
 use moe_cuda::{CountsMode, ResidentExperts};
 use moe_ref_cpu::NaiveCpu;
@@ -44,6 +45,41 @@ fn act_scales(rng: &mut Rng, fmt: ScaleFormat, e: usize, t: usize, groups: usize
 
 fn weight_scales(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.value(-10, -6).abs() + 1e-7).collect()
+}
+
+fn gemm_inputs<'a>(a: &'a [u8], sa: Scales<'a>, b: WeightsRef<'a>, counts: &'a [i32]) -> GemmInputs<'a> {
+    GemmInputs { a, sa, b, counts }
+}
+
+/// The CPU reference of one GEMM, starting from a copy of `d0`, and its SPEC §5.3 bound.
+fn gemm_ref(p: &GroupedGemm, inputs: GemmInputs<'_>, d0: &[bf16]) -> (Vec<bf16>, Vec<f64>) {
+    let (mut d, mut bound) = (d0.to_vec(), vec![0f64; d0.len()]);
+    NaiveCpu.grouped_gemm_with_bound(p, inputs, &mut d, &mut bound).unwrap();
+    (d, bound)
+}
+
+/// Asserts that rows `counts[e]..T` (counts clamped into `[0, T]`) of every expert of
+/// `d (E, T, n)` still hold the bits `poison`.
+#[track_caller]
+fn assert_dead_rows_untouched(d: &[bf16], counts: &[i32], t: usize, n: usize, poison: u16) {
+    for (ex, &c) in counts.iter().enumerate() {
+        for row in c.clamp(0, t as i32) as usize..t {
+            let r = &d[(ex * t + row) * n..][..n];
+            assert!(r.iter().all(|v| v.to_bits() == poison), "row {row} of expert {ex} was written");
+        }
+    }
+}
+
+/// `calc_diff` over the live rows (counts clamped into `[0, T]`) of two `(E, T, k)` outputs, and
+/// the number of live elements.
+fn live_calc_diff(gpu: &[bf16], cpu: &[bf16], counts: &[i32], t: usize, k: usize) -> (f64, usize) {
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for (ex, &c) in counts.iter().enumerate() {
+        let live = c.clamp(0, t as i32) as usize * k;
+        xs.extend_from_slice(&gpu[ex * t * k..][..live]);
+        ys.extend_from_slice(&cpu[ex * t * k..][..live]);
+    }
+    (calc_diff(&xs, &ys), xs.len())
 }
 
 /// E4M3 operands of one of three kinds: every non-NaN code ("full": products over 2^-18..2^17,
@@ -98,45 +134,12 @@ fn grouped_gemm_is_within_the_bound_and_measures_c() {
                 let sa = act_scales(&mut rng, fmt, e, t, k / GROUP);
                 let sb = weight_scales(&mut rng, e * (n / GROUP) * (k / GROUP));
                 let poison = bf16::from_bits(0x7F81); // a signalling-NaN pattern no kernel writes
-                let mut d_ref = vec![poison; e * t * n];
-                let mut bound = vec![0f64; e * t * n];
-                NaiveCpu
-                    .grouped_gemm_with_bound(
-                        &p,
-                        GemmInputs {
-                            a: &a,
-                            sa: sa.view(),
-                            b: WeightsRef { q: &b, s: &sb },
-                            counts: &cnt,
-                        },
-                        &mut d_ref,
-                        &mut bound,
-                    )
-                    .unwrap();
+                let inputs = gemm_inputs(&a, sa.view(), WeightsRef { q: &b, s: &sb }, &cnt);
+                let (d_ref, bound) = gemm_ref(&p, inputs, &vec![poison; e * t * n]);
                 for chain in [true, false] {
                     let mut d = vec![poison; e * t * n];
-                    gpu.grouped_gemm_variant(
-                        &p,
-                        GemmInputs {
-                            a: &a,
-                            sa: sa.view(),
-                            b: WeightsRef { q: &b, s: &sb },
-                            counts: &cnt,
-                        },
-                        &mut d,
-                        chain,
-                    )
-                    .unwrap();
-                    // Rows past counts untouched.
-                    for ex in 0..e {
-                        for row in cnt[ex] as usize..t {
-                            let r = &d[(ex * t + row) * n..][..n];
-                            assert!(
-                                r.iter().all(|v| v.to_bits() == poison.to_bits()),
-                                "row {row} of expert {ex} was written"
-                            );
-                        }
-                    }
+                    gpu.grouped_gemm_variant(&p, inputs, &mut d, chain).unwrap();
+                    assert_dead_rows_untouched(&d, &cnt, t, n, poison.to_bits());
                     let what = format!("gemm {kind} e={e} t={t} n={n} k={k} {fmt} chain={chain}");
                     let worst = check_gemm_bound(&what, &d, &d_ref, &bound, f64::INFINITY);
                     if chain {
@@ -162,10 +165,57 @@ fn grouped_gemm_is_within_the_bound_and_measures_c() {
     println!("GEMM cases within the bound: {cases} ({elems} live elements)");
 }
 
-type ExpertsData = (Vec<u8>, ScaleBuf, Vec<u8>, Vec<f32>, Vec<u8>, Vec<f32>);
+/// The inputs of one experts problem, owned.
+struct ExpertsData {
+    a1q: Vec<u8>,
+    a1s: ScaleBuf,
+    w1: (Vec<u8>, Vec<f32>),
+    w2: (Vec<u8>, Vec<f32>),
+}
+
+impl ExpertsData {
+    /// Random weights `w1`, `w2` and their block scales for `p`, after the given activations.
+    fn with_random_weights(rng: &mut Rng, p: &ExpertsStage, a1q: Vec<u8>, a1s: ScaleBuf) -> Self {
+        let (e, k, i) = (p.experts(), p.k(), p.i());
+        let w1 = e4m3_bytes(rng, e * 2 * i * k);
+        let w1s = weight_scales(rng, e * (2 * i / GROUP) * (k / GROUP));
+        let w2 = e4m3_bytes(rng, e * k * i);
+        let w2s = weight_scales(rng, e * (k / GROUP) * (i / GROUP));
+        Self {
+            a1q,
+            a1s,
+            w1: (w1, w1s),
+            w2: (w2, w2s),
+        }
+    }
+
+    fn w1(&self) -> WeightsRef<'_> {
+        WeightsRef {
+            q: &self.w1.0,
+            s: &self.w1.1,
+        }
+    }
+
+    fn w2(&self) -> WeightsRef<'_> {
+        WeightsRef {
+            q: &self.w2.0,
+            s: &self.w2.1,
+        }
+    }
+
+    fn inputs<'a>(&'a self, counts: &'a [i32]) -> ExpertsInputs<'a> {
+        ExpertsInputs {
+            a1q: &self.a1q,
+            a1s: self.a1s.view(),
+            w1: self.w1(),
+            w2: self.w2(),
+            counts,
+        }
+    }
+}
 
 fn random_experts(rng: &mut Rng, p: &ExpertsStage) -> ExpertsData {
-    let (e, t, k, i) = (p.experts(), p.capacity(), p.k(), p.i());
+    let (e, t, k) = (p.experts(), p.capacity(), p.k());
     // Activations through the CPU quantizer, so that they look like real ones.
     let x = to_bf16(&values_with_specials(rng, e * t * k, false));
     let q = moe_core::BatchedTokenGroupQuant::new(e, t, k, p.scale_format()).unwrap();
@@ -174,11 +224,7 @@ fn random_experts(rng: &mut Rng, p: &ExpertsStage) -> ExpertsData {
     NaiveCpu
         .batched_token_group_quant(&q, moe_core::Activation::Bf16(&x), &vec![t as i32; e], &mut a1q, a1s.view_mut())
         .unwrap();
-    let w1 = e4m3_bytes(rng, e * 2 * i * k);
-    let w1s = weight_scales(rng, e * (2 * i / GROUP) * (k / GROUP));
-    let w2 = e4m3_bytes(rng, e * k * i);
-    let w2s = weight_scales(rng, e * (k / GROUP) * (i / GROUP));
-    (a1q, a1s, w1, w1s, w2, w2s)
+    ExpertsData::with_random_weights(rng, p, a1q, a1s)
 }
 
 #[test]
@@ -197,15 +243,9 @@ fn experts_apply_is_checked_stage_by_stage() {
         for fmt in ScaleFormat::ALL {
             for numerics in Numerics::ALL {
                 let p = ExpertsStage::new(e, t, k, i, fmt, numerics).unwrap();
-                let (a1q, a1s, w1, w1s, w2, w2s) = random_experts(&mut rng, &p);
+                let data = random_experts(&mut rng, &p);
                 let cnt = counts(&mut rng, e, t);
-                let inputs = ExpertsInputs {
-                    a1q: &a1q,
-                    a1s: a1s.view(),
-                    w1: WeightsRef { q: &w1, s: &w1s },
-                    w2: WeightsRef { q: &w2, s: &w2s },
-                    counts: &cnt,
-                };
+                let inputs = data.inputs(&cnt);
                 let poison = bf16::from_bits(0x7F81);
                 let mut ws = ExpertsWorkspace::new(&p);
                 ws.h1.fill(poison);
@@ -215,20 +255,8 @@ fn experts_apply_is_checked_stage_by_stage() {
                 gpu.apply(&p, inputs, &mut ws, &mut out).unwrap();
                 let what = format!("experts e={e} t={t} k={k} i={i} {fmt} {numerics}");
                 // Stage 1: GEMM1 within the bound.
-                let (mut h1_ref, mut b1) = (ws_before.h1.clone(), vec![0f64; e * t * 2 * i]);
-                NaiveCpu
-                    .grouped_gemm_with_bound(
-                        &p.gemm1(),
-                        GemmInputs {
-                            a: &a1q,
-                            sa: a1s.view(),
-                            b: WeightsRef { q: &w1, s: &w1s },
-                            counts: &cnt,
-                        },
-                        &mut h1_ref,
-                        &mut b1,
-                    )
-                    .unwrap();
+                let g1 = gemm_inputs(&data.a1q, data.a1s.view(), data.w1(), &cnt);
+                let (h1_ref, b1) = gemm_ref(&p.gemm1(), g1, &ws_before.h1);
                 worst_c = worst_c.max(check_gemm_bound(&format!("{what} h1"), &ws.h1, &h1_ref, &b1, C_MAX));
                 // Stage 2: SiLU-mul-quant of the GPU's own h1, bit-exact.
                 let mut q2_ref = ws_before.q2.clone();
@@ -239,32 +267,14 @@ fn experts_apply_is_checked_stage_by_stage() {
                 assert_same(&format!("{what} q2"), &ws.q2, &q2_ref);
                 assert_same(&format!("{what} s2"), &ws.s2.to_bits(), &s2_ref.to_bits());
                 // Stage 3: GEMM2 of the GPU's own q2, within the bound; rows past counts untouched.
-                let (mut out_ref, mut b2) = (vec![poison; e * t * k], vec![0f64; e * t * k]);
-                NaiveCpu
-                    .grouped_gemm_with_bound(
-                        &p.gemm2(),
-                        GemmInputs {
-                            a: &ws.q2,
-                            sa: ws.s2.view(),
-                            b: WeightsRef { q: &w2, s: &w2s },
-                            counts: &cnt,
-                        },
-                        &mut out_ref,
-                        &mut b2,
-                    )
-                    .unwrap();
+                let g2 = gemm_inputs(&ws.q2, ws.s2.view(), data.w2(), &cnt);
+                let (out_ref, b2) = gemm_ref(&p.gemm2(), g2, &vec![poison; e * t * k]);
                 worst_c = worst_c.max(check_gemm_bound(&format!("{what} out"), &out, &out_ref, &b2, C_MAX));
                 // End to end against the CPU's own pipeline.
                 let mut ws_cpu = ws_before.clone();
                 let mut out_cpu = vec![poison; e * t * k];
                 NaiveCpu.apply(&p, inputs, &mut ws_cpu, &mut out_cpu).unwrap();
-                let (mut xs, mut ys) = (Vec::new(), Vec::new());
-                for ex in 0..e {
-                    let live = cnt[ex] as usize * k;
-                    xs.extend_from_slice(&out[ex * t * k..][..live]);
-                    ys.extend_from_slice(&out_cpu[ex * t * k..][..live]);
-                }
-                let cd = calc_diff(&xs, &ys);
+                let (cd, _) = live_calc_diff(&out, &out_cpu, &cnt, t, k);
                 worst_diff = worst_diff.max(cd);
                 assert!(cd < 1e-5, "{what}: calc_diff {cd:e}");
                 assert_same(
@@ -311,18 +321,12 @@ fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
     let mut rng = Rng::new(12);
     let (e, t, k, i) = if small() { (3, 20, 256, 128) } else { (4, 70, 512, 256) };
     let p = ExpertsStage::new(e, t, k, i, ScaleFormat::F32CeilUe8m0, Numerics::VllmBf16).unwrap();
-    let (a1q, a1s, w1, w1s, w2, w2s) = random_experts(&mut rng, &p);
+    let data = random_experts(&mut rng, &p);
     let cnt0 = counts(&mut rng, e, t);
-    let inputs = ExpertsInputs {
-        a1q: &a1q,
-        a1s: a1s.view(),
-        w1: WeightsRef { q: &w1, s: &w1s },
-        w2: WeightsRef { q: &w2, s: &w2s },
-        counts: &cnt0,
-    };
+    let inputs = data.inputs(&cnt0);
     let mut ex = gpu.experts(p).unwrap();
     ex.upload_weights(inputs.w1, inputs.w2).unwrap();
-    ex.upload_activations(&a1q, a1s.view(), &cnt0).unwrap();
+    ex.upload_activations(&data.a1q, data.a1s.view(), &cnt0).unwrap();
     ex.capture_graph().unwrap();
     assert!(ex.has_graph());
     let out0 = vec![bf16::from_bits(0x7F81); e * t * k];
@@ -345,23 +349,10 @@ fn graph_replay_with_new_device_counts_equals_eager_and_clamps_bad_counts() {
         let mut out_cpu = out0.clone();
         NaiveCpu.apply(&p, inputs_c, &mut ws, &mut out_cpu).unwrap();
         // Over the live rows only (dead rows hold the NaN poison on both sides).
-        let (mut xs, mut ys) = (Vec::new(), Vec::new());
-        for ex_i in 0..e {
-            let live = c[ex_i].clamp(0, ti) as usize * k;
-            xs.extend_from_slice(&g[ex_i * t * k..][..live]);
-            ys.extend_from_slice(&out_cpu[ex_i * t * k..][..live]);
-        }
-        let cd = calc_diff(&xs, &ys);
-        assert!(cd < 1e-5, "graph vs CPU calc_diff {cd:e} over {} live elements", xs.len());
+        let (cd, live) = live_calc_diff(&g, &out_cpu, c, t, k);
+        assert!(cd < 1e-5, "graph vs CPU calc_diff {cd:e} over {live} live elements");
         worst_cd = worst_cd.max(cd);
-        for ex_i in 0..e {
-            for row in c[ex_i] as usize..t {
-                assert!(
-                    g[(ex_i * t + row) * k..][..k].iter().all(|v| v.to_bits() == 0x7F81),
-                    "dead row written"
-                );
-            }
-        }
+        assert_dead_rows_untouched(&g, c, t, k, 0x7F81);
         replays += 1;
     }
     // Out-of-range device counts: the checked mode reports the CPU's error before any launch,
@@ -403,30 +394,28 @@ fn resident_weights_serve_many_steps_with_new_activations() {
     let mut rng = Rng::new(14);
     let (e, t, k, i) = if small() { (2, 20, 256, 128) } else { (4, 50, 512, 256) };
     let p = ExpertsStage::new(e, t, k, i, ScaleFormat::Ue8m0Packed, Numerics::VllmBf16).unwrap();
-    let (_, _, w1, w1s, w2, w2s) = random_experts(&mut rng, &p);
-    let (w1r, w2r) = (WeightsRef { q: &w1, s: &w1s }, WeightsRef { q: &w2, s: &w2s });
+    let weights = random_experts(&mut rng, &p);
+    let (w1r, w2r) = (weights.w1(), weights.w2());
     let mut ex = ResidentExperts::new(gpu, p).unwrap();
     let out0 = vec![bf16::from_bits(0x7F81); e * t * k];
     // Before the weights: refused, nothing written.
-    let (a1q, a1s, ..) = random_experts(&mut rng, &p);
+    let acts = random_experts(&mut rng, &p);
     let mut out = out0.clone();
-    assert!(ex.step(&a1q, a1s.view(), &vec![1; e], &mut out).is_err());
+    assert!(ex.step(&acts.a1q, acts.a1s.view(), &vec![1; e], &mut out).is_err());
     assert_same("step before weights wrote nothing", &bits_u16(&out), &bits_u16(&out0));
     ex.upload_weights(w1r, w2r).unwrap();
     assert!(ex.has_weights());
     let mut steps = 0;
     for _ in 0..3 {
         // New activations and counts each step; the weights stay resident.
-        let (a1q, a1s, ..) = random_experts(&mut rng, &p);
+        let acts = random_experts(&mut rng, &p);
         let cnt = counts(&mut rng, e, t);
         let mut out_step = out0.clone();
-        ex.step(&a1q, a1s.view(), &cnt, &mut out_step).unwrap();
+        ex.step(&acts.a1q, acts.a1s.view(), &cnt, &mut out_step).unwrap();
         let inputs = ExpertsInputs {
-            a1q: &a1q,
-            a1s: a1s.view(),
             w1: w1r,
             w2: w2r,
-            counts: &cnt,
+            ..acts.inputs(&cnt)
         };
         // The first apply gets a workspace of the wrong shapes: replaced, results unchanged.
         let mut ws = if steps == 0 {
@@ -448,9 +437,9 @@ fn resident_weights_serve_many_steps_with_new_activations() {
         steps += 1;
     }
     // A bad step is rejected with the CPU's error before anything is uploaded or written.
-    let (a1q, a1s, ..) = random_experts(&mut rng, &p);
+    let acts = random_experts(&mut rng, &p);
     let mut out = out0.clone();
-    let err = ex.step(&a1q, a1s.view(), &vec![t as i32 + 1; e], &mut out).unwrap_err();
+    let err = ex.step(&acts.a1q, acts.a1s.view(), &vec![t as i32 + 1; e], &mut out).unwrap_err();
     assert_eq!(err, MoeError::from(check_counts(&vec![t as i32 + 1; e], e, t).unwrap_err()));
     assert_same("rejected step wrote nothing", &bits_u16(&out), &bits_u16(&out0));
     println!("STEPS on resident weights equal to the host apply: {steps}");
@@ -465,63 +454,24 @@ fn gemm_bad_inputs_are_rejected_with_the_cpu_error() {
     let b = vec![0x38u8; 2 * 128 * 256];
     let sb = vec![1f32; 2 * 2];
     let mut d = vec![bf16::from_bits(3); 2 * 4 * 128];
-    let cases: Vec<(Vec<i32>, usize)> = vec![(vec![5, 0], 0), (vec![0, -2], 0), (vec![1], 0), (vec![1, 1], 1)];
-    for (cnt, short_b) in cases {
-        let bb = &b[..b.len() - short_b];
-        let eg = gpu
-            .grouped_gemm(
-                &p,
-                GemmInputs {
-                    a: &a,
-                    sa: moe_core::Scales::F32(&sa),
-                    b: WeightsRef { q: bb, s: &sb },
-                    counts: &cnt,
-                },
-                &mut d,
-            )
-            .unwrap_err();
-        let ec = NaiveCpu
-            .grouped_gemm(
-                &p,
-                GemmInputs {
-                    a: &a,
-                    sa: moe_core::Scales::F32(&sa),
-                    b: WeightsRef { q: bb, s: &sb },
-                    counts: &cnt,
-                },
-                &mut d.clone(),
-            )
-            .unwrap_err();
+    // The GPU rejects `inputs` with the CPU's error and writes nothing.
+    let mut rejects = |inputs: GemmInputs<'_>| {
+        let eg = gpu.grouped_gemm(&p, inputs, &mut d).unwrap_err();
+        let ec = NaiveCpu.grouped_gemm(&p, inputs, &mut d.clone()).unwrap_err();
         assert_eq!(eg, ec);
         assert!(d.iter().all(|v| v.to_bits() == 3));
+    };
+    let cases: Vec<(Vec<i32>, usize)> = vec![(vec![5, 0], 0), (vec![0, -2], 0), (vec![1], 0), (vec![1, 1], 1)];
+    for (cnt, short_b) in cases {
+        let bb = WeightsRef {
+            q: &b[..b.len() - short_b],
+            s: &sb,
+        };
+        rejects(gemm_inputs(&a, Scales::F32(&sa), bb, &cnt));
     }
     // Packed scales where F32 were promised.
     let sp = vec![0i32; 2 * 4]; // (E, ceil(G/4) = 1, T)
-    let eg = gpu
-        .grouped_gemm(
-            &p,
-            GemmInputs {
-                a: &a,
-                sa: moe_core::Scales::Packed(&sp),
-                b: WeightsRef { q: &b, s: &sb },
-                counts: &[1, 1],
-            },
-            &mut d,
-        )
-        .unwrap_err();
-    let ec = NaiveCpu
-        .grouped_gemm(
-            &p,
-            GemmInputs {
-                a: &a,
-                sa: moe_core::Scales::Packed(&sp),
-                b: WeightsRef { q: &b, s: &sb },
-                counts: &[1, 1],
-            },
-            &mut d.clone(),
-        )
-        .unwrap_err();
-    assert_eq!(eg, ec);
+    rejects(gemm_inputs(&a, Scales::Packed(&sp), WeightsRef { q: &b, s: &sb }, &[1, 1]));
     println!("CASES gemm bad-input rejections equal to the CPU's: 5");
 }
 

@@ -12,6 +12,11 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use std::hint::black_box;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Rng;
+
 /// Independent FMA chains on the widest vectors this CPU has (pulp dispatches at run time).
 struct FmaPeak {
     iters: usize,
@@ -62,21 +67,6 @@ fn fma_peak(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn normal_ish(&mut self) -> f32 {
-        // Sum of uniforms: cheap, bell-shaped.
-        (0..4).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).sum::<f32>()
-    }
 }
 
 fn grouped_gemm(c: &mut Criterion) {

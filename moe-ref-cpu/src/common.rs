@@ -1,13 +1,53 @@
-//! Pieces shared by the naive and the fast paths: argument checks, routing for prepare, scale
-//! lookups and clearing of packed scale rows, and constants.
+//! Pieces shared by the naive and the fast paths: argument checks, routing for prepare, the
+//! scale rules of one group, scale lookups and clearing of packed scale rows.
 
 use half::bf16;
-use moe_core::{GemmInputs, GroupedGemm, MoeResult, Prepare, Routing, Scales, ScalesMut};
+use moe_core::format::{ceil_pow2, round_bf16};
+use moe_core::math::vllm_ceil_pow2_bf16;
+use moe_core::{GemmInputs, GroupedGemm, MoeResult, Prepare, Routing, Scales, ScalesMut, E4M3_MAX};
 
-/// `(bf16(1e-10), bf16(1/448))` as f32, the constants of `Numerics::VllmBf16` (SPEC §5.2).
-#[inline]
-pub(crate) fn vllm_consts() -> (f32, f32) {
-    (bf16::from_f32(1e-10).to_f32(), bf16::from_f32(1.0 / 448.0).to_f32())
+/// `bf16(1e-10)` as f32, the floor of `amax` under `Numerics::VllmBf16` (SPEC §5.2).
+const VLLM_EPS: f32 = bf16::from_f32_const(1e-10).to_f32_const();
+
+/// `bf16(1/448)` as f32, the reciprocal of the E4M3 maximum under `Numerics::VllmBf16`.
+const VLLM_INV448: f32 = bf16::from_f32_const(1.0 / 448.0).to_f32_const();
+
+/// The scale of a block or group with largest magnitude `amax` (SPEC §4, §5.1): `amax / 448`,
+/// ceiled to a power of two when `ceil`.
+#[inline(always)]
+pub(crate) fn scale_of(amax: f32, ceil: bool) -> f32 {
+    let s = amax / E4M3_MAX;
+    if ceil {
+        ceil_pow2(s)
+    } else {
+        s
+    }
+}
+
+/// The §5.1 scale of one group: `scale_of(max(1e-10, max |v|))`.
+#[inline(always)]
+pub(crate) fn group_scale(vals: &[f32], ceil: bool) -> f32 {
+    let mut amax = 1e-10f32;
+    for &v in vals {
+        amax = amax.max(v.abs());
+    }
+    scale_of(amax, ceil)
+}
+
+/// The §5.2 `VllmBf16` scale of one group and the bf16 reciprocal the codes are computed with:
+/// `bf16(max(bf16(1e-10), max |v|) · bf16(1/448))`, ceiled in bf16 when `ceil`.
+#[inline(always)]
+pub(crate) fn vllm_group_scale(vals: &[f32], ceil: bool) -> (f32, f32) {
+    let mut amax = VLLM_EPS;
+    for &v in vals {
+        amax = amax.max(v.abs());
+    }
+    let mut sb = bf16::from_f32(amax * VLLM_INV448);
+    if ceil {
+        sb = vllm_ceil_pow2_bf16(sb);
+    }
+    let sc = sb.to_f32();
+    (sc, round_bf16(1.0 / sc))
 }
 
 /// Zeroes the packed scale words of live rows `0..live` of one expert (`(cols, T)` MN-major), so

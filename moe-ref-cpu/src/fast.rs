@@ -9,8 +9,8 @@
 //!   see [`crate::gemm`] for why that is exact.
 
 use half::bf16;
-use moe_core::format::{bf16_out, ceil_pow2, e4m3_from_f32, round_bf16};
-use moe_core::math::{exp_f32, vllm_ceil_pow2_bf16};
+use moe_core::format::{bf16_out, e4m3_from_f32, round_bf16};
+use moe_core::math::exp_f32;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics,
     Prepare, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
@@ -19,7 +19,7 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use crate::common::{check_gemm_with_bound, clear_packed_rows, route_for_prepare, vllm_consts};
+use crate::common::{check_gemm_with_bound, clear_packed_rows, group_scale, route_for_prepare, scale_of, vllm_group_scale};
 
 /// The fast CPU reference: parallel with rayon, bit-identical to [`crate::NaiveCpu`] for any
 /// thread count.
@@ -72,14 +72,7 @@ impl CpuBackend {
 /// §5.1 quantization of one group held in `v`: returns the scale.
 #[inline(always)]
 fn quant_group(v: &[f32; GROUP], ceil: bool, q: &mut [u8]) -> f32 {
-    let mut amax = 1e-10f32;
-    for &x in v {
-        amax = amax.max(x.abs());
-    }
-    let mut s = amax / E4M3_MAX;
-    if ceil {
-        s = ceil_pow2(s);
-    }
+    let s = group_scale(v, ceil);
     let q: &mut [u8; GROUP] = q.try_into().expect("group of 128");
     for i in 0..GROUP {
         q[i] = e4m3_from_f32(v[i] / s);
@@ -185,11 +178,12 @@ impl Backend for CpuBackend {
 
     fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
         p.check(&x, q, &s)?;
-        let (rows, k, groups, fmt) = (p.rows(), p.k(), p.groups(), p.scale_format());
-        let scales = self.install(|| quant_rows_par(&x, k, fmt.is_ceil(), q, |r| r * k));
+        // Packed words are rebuilt from zero so bytes past the last group read 0.
         if let ScalesMut::Packed(w) = &mut s {
             w.fill(0);
         }
+        let (rows, k, groups, fmt) = (p.rows(), p.k(), p.groups(), p.scale_format());
+        let scales = self.install(|| quant_rows_par(&x, k, fmt.is_ceil(), q, |r| r * k));
         for r in 0..rows {
             for g in 0..groups {
                 s.store(p.layout(), rows, groups, r, g, scales[r * groups + g]);
@@ -198,21 +192,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn batched_token_group_quant(
-        &self,
-        p: &BatchedTokenGroupQuant,
-        x: Activation<'_>,
-        counts: &[i32],
-        q: &mut [u8],
-        mut s: ScalesMut<'_>,
-    ) -> MoeResult<()> {
-        p.check(&x, counts, q, &s)?;
+    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation, c: &[i32], q: &mut [u8], s: ScalesMut) -> MoeResult<()> {
+        p.check(&x, c, q, &s)?;
         let (t_cap, k, groups, fmt) = (p.capacity(), p.k(), p.groups(), p.scale_format());
-        let per_expert = fmt.columns(groups) * t_cap;
-        for (e, qe) in q.chunks_mut(t_cap * k).enumerate() {
-            let live = counts[e] as usize;
+        let experts = q.chunks_mut(t_cap * k).zip(s.into_experts(fmt.columns(groups) * t_cap));
+        for (e, (qe, mut se)) in experts.enumerate() {
+            let live = c[e] as usize;
             let rows = self.install(|| quant_rows_par(&x, k, fmt.is_ceil(), &mut qe[..live * k], |r| (e * t_cap + r) * k));
-            scatter_mn(&mut s.expert_mut(e, per_expert), fmt, t_cap, groups, &rows, live);
+            scatter_mn(&mut se, fmt, t_cap, groups, &rows, live);
         }
         Ok(())
     }
@@ -236,31 +223,18 @@ impl Backend for CpuBackend {
                     let rows = qb.len() / c_dim;
                     let base = (e * r_dim + rb * GROUP) * c_dim;
                     match w {
-                        Activation::Bf16(x) => Arch::new().dispatch(BlockRow {
-                            w: &x[base..base + rows * c_dim],
-                            c_dim,
-                            qb,
-                            sb,
-                            pow2,
-                        }),
-                        Activation::F32(x) => Arch::new().dispatch(BlockRow {
-                            w: &x[base..base + rows * c_dim],
-                            c_dim,
-                            qb,
-                            sb,
-                            pow2,
-                        }),
+                        Activation::Bf16(x) => BlockRow::run(&x[base..base + rows * c_dim], c_dim, qb, sb, pow2),
+                        Activation::F32(x) => BlockRow::run(&x[base..base + rows * c_dim], c_dim, qb, sb, pow2),
                     }
                 });
         });
         Ok(())
     }
 
-    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
         p.check(y, counts, q, &s)?;
         let (t_cap, h, groups, fmt, numerics) = (p.capacity(), p.h(), p.groups(), p.scale_format(), p.numerics());
         let per_expert = fmt.columns(groups) * t_cap;
-        let (eps_bf16, inv448_bf16) = vllm_consts();
         let ceil = fmt.is_ceil();
         // One parallel pass over every row of every expert (dead rows are skipped), then the
         // scales of each expert are scattered into their MN-major layout.
@@ -280,22 +254,12 @@ impl Backend for CpuBackend {
                             sr,
                             numerics,
                             ceil,
-                            eps_bf16,
-                            inv448_bf16,
                         });
                     }
                 });
         });
-        for e in 0..p.experts() {
-            let live = counts[e] as usize;
-            scatter_mn(
-                &mut s.expert_mut(e, per_expert),
-                fmt,
-                t_cap,
-                groups,
-                &rows[e * t_cap * groups..],
-                live,
-            );
+        for (e, mut se) in s.into_experts(per_expert).enumerate() {
+            scatter_mn(&mut se, fmt, t_cap, groups, &rows[e * t_cap * groups..], counts[e] as usize);
         }
         Ok(())
     }
@@ -306,24 +270,16 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn prepare(
-        &self,
-        p: &Prepare,
-        x: &[bf16],
-        topk_ids: &[i32],
-        a1q: &mut [u8],
-        mut a1s: ScalesMut<'_>,
-        counts: &mut [i32],
-    ) -> MoeResult<()> {
+    fn prepare(&self, p: &Prepare, x: &[bf16], topk_ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, counts: &mut [i32]) -> MoeResult<()> {
         let routing = route_for_prepare(p, x, topk_ids, a1q, &a1s, counts)?;
         let (t_cap, k, fmt) = (p.dims().capacity(), p.dims().k(), p.scale_format());
         let groups = k / GROUP;
         let per_expert = fmt.columns(groups) * t_cap;
         let xa = Activation::Bf16(x);
-        for (e, qe) in a1q.chunks_mut(t_cap * k).enumerate() {
+        for (e, (qe, mut se)) in a1q.chunks_mut(t_cap * k).zip(a1s.into_experts(per_expert)).enumerate() {
             let toks = routing.tokens(e);
             let rows = self.install(|| quant_rows_par(&xa, k, fmt.is_ceil(), &mut qe[..toks.len() * k], |r| toks[r] as usize * k));
-            scatter_mn(&mut a1s.expert_mut(e, per_expert), fmt, t_cap, groups, &rows, toks.len());
+            scatter_mn(&mut se, fmt, t_cap, groups, &rows, toks.len());
         }
         Ok(())
     }
@@ -359,8 +315,6 @@ struct SiluRow<'a> {
     sr: &'a mut [f32],
     numerics: Numerics,
     ceil: bool,
-    eps_bf16: f32,
-    inv448_bf16: f32,
 }
 
 impl WithSimd for SiluRow<'_> {
@@ -368,33 +322,15 @@ impl WithSimd for SiluRow<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) {
-        let SiluRow {
-            yr,
-            qr,
-            sr,
-            numerics,
-            ceil,
-            eps_bf16,
-            inv448_bf16,
-        } = self;
-        let h = qr.len();
+        let (yr, h) = (self.yr, self.qr.len());
         let mut v = [0f32; GROUP];
-        for (g, sc) in sr.iter_mut().enumerate() {
-            let qg = &mut qr[g * GROUP..(g + 1) * GROUP];
-            silu_mul_group(&yr[g * GROUP..][..GROUP], &yr[h + g * GROUP..][..GROUP], numerics, &mut v);
-            *sc = match numerics {
-                Numerics::F32 => quant_group(&v, ceil, qg),
+        for (g, sc) in self.sr.iter_mut().enumerate() {
+            let qg = &mut self.qr[g * GROUP..(g + 1) * GROUP];
+            silu_mul_group(&yr[g * GROUP..][..GROUP], &yr[h + g * GROUP..][..GROUP], self.numerics, &mut v);
+            *sc = match self.numerics {
+                Numerics::F32 => quant_group(&v, self.ceil, qg),
                 Numerics::VllmBf16 => {
-                    let mut amax = eps_bf16;
-                    for &x in &v {
-                        amax = amax.max(x.abs());
-                    }
-                    let mut sb = bf16::from_f32(amax * inv448_bf16);
-                    if ceil {
-                        sb = vllm_ceil_pow2_bf16(sb);
-                    }
-                    let scale = sb.to_f32();
-                    let inv = round_bf16(1.0 / scale);
+                    let (scale, inv) = vllm_group_scale(&v, self.ceil);
                     let qg: &mut [u8; GROUP] = qg.try_into().expect("group");
                     for i in 0..GROUP {
                         qg[i] = e4m3_from_f32(round_bf16(v[i] * inv).clamp(-E4M3_MAX, E4M3_MAX));
@@ -462,6 +398,13 @@ struct BlockRow<'a, T> {
     pow2: bool,
 }
 
+impl<'a, T: Elem> BlockRow<'a, T> {
+    /// Quantizes the band `w` on the CPU's widest vectors.
+    fn run(w: &'a [T], c_dim: usize, qb: &'a mut [u8], sb: &'a mut [f32], pow2: bool) {
+        Arch::new().dispatch(BlockRow { w, c_dim, qb, sb, pow2 });
+    }
+}
+
 /// An input element type of the quantizers.
 trait Elem: Copy + Send + Sync {
     fn f32(self) -> f32;
@@ -497,9 +440,8 @@ impl<T: Elem> WithSimd for BlockRow<'_, T> {
                 }
             }
         }
-        for (sc, m) in sb.iter_mut().zip(&amax) {
-            let v = *m / E4M3_MAX;
-            *sc = if pow2 { ceil_pow2(v) } else { v };
+        for (sc, &m) in sb.iter_mut().zip(&amax) {
+            *sc = scale_of(m, pow2);
         }
         for r in 0..rows {
             let src = &w[r * c_dim..(r + 1) * c_dim];

@@ -122,6 +122,23 @@ fn decode_e4m3(v: u8) -> f64 {
     x as f64
 }
 
+/// `out (width, live) = lhs (width, 128) · rhsᵀ` in f64, where `rhs` holds `live` rows of 128
+/// with a stride of `k_dim` (one 128-wide block of the decoded activations); `width` is
+/// `lhs.len() / 128`.
+fn block_product(out: &mut [f64], lhs: &[f64], rhs: &[f64], live: usize, k_dim: usize) {
+    let width = lhs.len() / GROUP;
+    let lhs = MatRef::from_row_major_slice(lhs, width, GROUP);
+    let rhs = MatRef::from_row_major_slice_with_stride(rhs, live, GROUP, k_dim).transpose();
+    matmul(
+        MatMut::from_row_major_slice_mut(out, width, live),
+        Accum::Replace,
+        lhs,
+        rhs,
+        1.0,
+        Par::Seq,
+    );
+}
+
 /// One task: expert `e`, columns `n0..n0 + width` of N.
 struct Tile<'a> {
     p: &'a GroupedGemm,
@@ -175,30 +192,12 @@ impl WithSimd for Tile<'_> {
                 }
             }
             // part (width, live) = B_kb (width, 128) · A_kbᵀ (128, live), exact in f64.
-            let lhs = MatRef::from_row_major_slice(&bt, width, GROUP);
-            let rhs = MatRef::from_row_major_slice_with_stride(&a_dec[e][kb * GROUP..], live, GROUP, k_dim).transpose();
-            matmul(
-                MatMut::from_row_major_slice_mut(&mut part, width, live),
-                Accum::Replace,
-                lhs,
-                rhs,
-                1.0,
-                Par::Seq,
-            );
+            block_product(&mut part, &bt, &a_dec[e][kb * GROUP..], live, k_dim);
             if want_bound {
                 for (o, i) in bt_abs.iter_mut().zip(&bt) {
                     *o = i.abs();
                 }
-                let lhs = MatRef::from_row_major_slice(&bt_abs, width, GROUP);
-                let rhs = MatRef::from_row_major_slice_with_stride(&a_abs[e][kb * GROUP..], live, GROUP, k_dim).transpose();
-                matmul(
-                    MatMut::from_row_major_slice_mut(&mut part_abs, width, live),
-                    Accum::Replace,
-                    lhs,
-                    rhs,
-                    1.0,
-                    Par::Seq,
-                );
+                block_product(&mut part_abs, &bt_abs, &a_abs[e][kb * GROUP..], live, k_dim);
             }
             for (t, s) in sa_col.iter_mut().enumerate() {
                 *s = sa_at(&sa, p, e, t, kb);

@@ -3,14 +3,14 @@
 //! against it bit for bit.
 
 use half::bf16;
-use moe_core::format::{bf16_out, ceil_pow2, e4m3_from_f32, e4m3_to_f32, round_bf16};
-use moe_core::math::{silu_f32, vllm_ceil_pow2_bf16};
+use moe_core::format::{bf16_out, e4m3_from_f32, e4m3_to_f32, round_bf16};
+use moe_core::math::silu_f32;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics,
     Prepare, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 
-use crate::common::{check_gemm_with_bound, clear_packed_rows, route_for_prepare, sa_at, vllm_consts};
+use crate::common::{check_gemm_with_bound, clear_packed_rows, group_scale, route_for_prepare, sa_at, scale_of, vllm_group_scale};
 
 /// The naive CPU reference (single-threaded, element by element).
 #[derive(Debug, Default, Clone, Copy)]
@@ -65,14 +65,7 @@ fn gemm(p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], mut bound: Opti
 
 /// Quantizes one group of values with the §5.1 rule; returns the scale.
 fn quant_group(vals: &[f32], ceil: bool, q: &mut [u8]) -> f32 {
-    let mut amax = 1e-10f32;
-    for &v in vals {
-        amax = amax.max(v.abs());
-    }
-    let mut s = amax / E4M3_MAX;
-    if ceil {
-        s = ceil_pow2(s);
-    }
+    let s = group_scale(vals, ceil);
     for (o, &v) in q.iter_mut().zip(vals) {
         *o = e4m3_from_f32(v / s);
     }
@@ -108,26 +101,18 @@ impl Backend for NaiveCpu {
         Ok(())
     }
 
-    fn batched_token_group_quant(
-        &self,
-        p: &BatchedTokenGroupQuant,
-        x: Activation<'_>,
-        counts: &[i32],
-        q: &mut [u8],
-        mut s: ScalesMut<'_>,
-    ) -> MoeResult<()> {
-        p.check(&x, counts, q, &s)?;
+    fn batched_token_group_quant(&self, p: &BatchedTokenGroupQuant, x: Activation, c: &[i32], q: &mut [u8], s: ScalesMut) -> MoeResult<()> {
+        p.check(&x, c, q, &s)?;
         let (t_cap, k, groups, fmt) = (p.capacity(), p.k(), p.groups(), p.scale_format());
         let cols = fmt.columns(groups);
-        for e in 0..p.experts() {
-            let c = counts[e] as usize;
+        for (e, mut se) in s.into_experts(cols * t_cap).enumerate() {
+            let live = c[e] as usize;
             let xe = match x {
-                Activation::Bf16(v) => Activation::Bf16(&v[e * t_cap * k..][..c * k]),
-                Activation::F32(v) => Activation::F32(&v[e * t_cap * k..][..c * k]),
+                Activation::Bf16(v) => Activation::Bf16(&v[e * t_cap * k..][..live * k]),
+                Activation::F32(v) => Activation::F32(&v[e * t_cap * k..][..live * k]),
             };
-            let mut se = s.expert_mut(e, cols * t_cap);
-            clear_packed_rows(&mut se, t_cap, cols, c);
-            quant_rows(&xe, c, k, fmt, &mut q[e * t_cap * k..][..c * k], |r, g, sc| {
+            clear_packed_rows(&mut se, t_cap, cols, live);
+            quant_rows(&xe, live, k, fmt, &mut q[e * t_cap * k..][..live * k], |r, g, sc| {
                 se.store(ScaleLayout::MnMajor, t_cap, groups, r, g, sc)
             });
         }
@@ -148,10 +133,7 @@ impl Backend for NaiveCpu {
                             amax = amax.max(w.get((e * r_dim + r) * c_dim + c).abs());
                         }
                     }
-                    let mut sc = amax / E4M3_MAX;
-                    if p.pow2() {
-                        sc = ceil_pow2(sc);
-                    }
+                    let sc = scale_of(amax, p.pow2());
                     for r in rb * GROUP..((rb + 1) * GROUP).min(r_dim) {
                         for c in cb * GROUP..((cb + 1) * GROUP).min(c_dim) {
                             let i = (e * r_dim + r) * c_dim + c;
@@ -165,14 +147,12 @@ impl Backend for NaiveCpu {
         Ok(())
     }
 
-    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], counts: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
         p.check(y, counts, q, &s)?;
         let (t_cap, h, groups, fmt) = (p.capacity(), p.h(), p.groups(), p.scale_format());
         let cols = fmt.columns(groups);
-        let (eps_bf16, inv448_bf16) = vllm_consts();
-        for e in 0..p.experts() {
+        for (e, mut se) in s.into_experts(cols * t_cap).enumerate() {
             let c = counts[e] as usize;
-            let mut se = s.expert_mut(e, cols * t_cap);
             clear_packed_rows(&mut se, t_cap, cols, c);
             for t in 0..c {
                 let row = &y[(e * t_cap + t) * 2 * h..][..2 * h];
@@ -189,16 +169,7 @@ impl Backend for NaiveCpu {
                     }
                     let sc = match p.numerics() {
                         Numerics::VllmBf16 => {
-                            let mut amax = eps_bf16;
-                            for &vi in &v {
-                                amax = amax.max(vi.abs());
-                            }
-                            let mut sb = bf16::from_f32(amax * inv448_bf16);
-                            if fmt.is_ceil() {
-                                sb = vllm_ceil_pow2_bf16(sb);
-                            }
-                            let sc = sb.to_f32();
-                            let inv = round_bf16(1.0 / sc);
+                            let (sc, inv) = vllm_group_scale(&v, fmt.is_ceil());
                             for (o, &vi) in qrow[g * GROUP..][..GROUP].iter_mut().zip(&v) {
                                 let z = round_bf16(vi * inv);
                                 // NaN stays NaN through the clamp and encodes to 0x7F.
@@ -221,22 +192,13 @@ impl Backend for NaiveCpu {
         Ok(())
     }
 
-    fn prepare(
-        &self,
-        p: &Prepare,
-        x: &[bf16],
-        topk_ids: &[i32],
-        a1q: &mut [u8],
-        mut a1s: ScalesMut<'_>,
-        counts: &mut [i32],
-    ) -> MoeResult<()> {
+    fn prepare(&self, p: &Prepare, x: &[bf16], topk_ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, counts: &mut [i32]) -> MoeResult<()> {
         let routing = route_for_prepare(p, x, topk_ids, a1q, &a1s, counts)?;
         let (t_cap, k, fmt) = (p.dims().capacity(), p.dims().k(), p.scale_format());
         let groups = k / GROUP;
         let cols = fmt.columns(groups);
-        for e in 0..p.dims().experts() {
+        for (e, mut se) in a1s.into_experts(cols * t_cap).enumerate() {
             let toks = routing.tokens(e);
-            let mut se = a1s.expert_mut(e, cols * t_cap);
             clear_packed_rows(&mut se, t_cap, cols, toks.len());
             for (row, &tok) in toks.iter().enumerate() {
                 let xr = Activation::Bf16(&x[tok as usize * k..][..k]);

@@ -10,6 +10,10 @@ use moe_core::math::{exp_f32, vllm_ceil_pow2_bf16};
 use moe_core::*;
 use moe_ref_cpu::CpuBackend;
 
+mod common;
+
+use common::Rng;
+
 fn expf_ref(x: f32) -> f32 {
     (x as f64).exp() as f32
 }
@@ -36,25 +40,11 @@ fn vllm_group(gate: &[bf16], up: &[bf16], ceil: bool, exp: impl Fn(f32) -> f32) 
     )
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn gaussianish(&mut self) -> f32 {
-        (0..4).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).sum::<f32>() * 6.0
-    }
-}
-
 #[test]
 fn vllm_bf16_agrees_with_an_expf_reference_to_four_nines() {
     let (e, t, h) = (4, 64, 1024);
     let mut rng = Rng(11);
-    let y: Vec<bf16> = (0..e * t * 2 * h).map(|_| bf16::from_f32(rng.gaussianish())).collect();
+    let y: Vec<bf16> = (0..e * t * 2 * h).map(|_| bf16::from_f32(rng.normal_ish() * 6.0)).collect();
     let counts = vec![t as i32; e];
     for fmt in [ScaleFormat::F32, ScaleFormat::F32CeilUe8m0] {
         let p = SiluMulQuant::new(e, t, h, fmt, Numerics::VllmBf16).unwrap();

@@ -107,21 +107,6 @@ pub struct GemmInputs<'a> {
     pub counts: &'a [i32],
 }
 
-/// The inputs of the batched experts stage (SPEC §5.4).
-#[derive(Debug, Clone, Copy)]
-pub struct ExpertsInputs<'a> {
-    /// `(E, T, K)` E4M3 activations.
-    pub a1q: &'a [u8],
-    /// Their scales, MN-major `(E, K/128, T)` in the problem's scale format.
-    pub a1s: Scales<'a>,
-    /// `w1 (E, 2I, K)`: gate rows then up rows.
-    pub w1: WeightsRef<'a>,
-    /// `w2 (E, K, I)`.
-    pub w2: WeightsRef<'a>,
-    /// Live rows per expert.
-    pub counts: &'a [i32],
-}
-
 /// Block-quantized expert weights `(E, R, C)` E4M3 with scales `(E, ceil(R/128), ceil(C/128))`.
 #[derive(Debug, Clone, Copy)]
 pub struct WeightsRef<'a> {
@@ -132,15 +117,13 @@ pub struct WeightsRef<'a> {
 }
 
 /// The batched experts stage (SPEC §5.4): `out = GEMM2(silu_mul_quant(GEMM1(a1q, w1)), w2)`.
+///
+/// It is held as its first GEMM, `(E, T, K) x (E, 2I, K)` with the activation scale format and
+/// the `expected_m` hint, and the arithmetic of SiLU-mul-quant; the other two stages follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExpertsStage {
-    pub(super) e: usize,
-    pub(super) t: usize,
-    pub(super) k: usize,
-    i: usize,
-    pub(super) fmt: ScaleFormat,
-    pub(super) numerics: Numerics,
-    pub(super) expected_m: Option<usize>,
+    gemm1: GroupedGemm,
+    numerics: Numerics,
 }
 
 /// The shapes of the experts stage's buffers, as vLLM reports them.
@@ -164,40 +147,40 @@ impl ExpertsStage {
         product("w1", &[e, 2, i, k])?;
         product("w2", &[e, k, i])?;
         product("ws13", &[e, t, 2, k.max(i)])?;
-        Ok(Self {
+        let gemm1 = GroupedGemm {
             e,
             t,
+            n: 2 * i,
             k,
-            i,
-            fmt,
-            numerics,
+            sa_fmt: fmt,
             expected_m: None,
-        })
+        };
+        Ok(Self { gemm1, numerics })
     }
     /// Sets the `expected_m` hint for both GEMMs.
-    pub fn with_expected_m(mut self, m: usize) -> Self {
-        self.expected_m = Some(m);
-        self
+    pub fn with_expected_m(self, m: usize) -> Self {
+        let gemm1 = self.gemm1.with_expected_m(m);
+        Self { gemm1, ..self }
     }
     /// Number of experts `E`.
     pub fn experts(&self) -> usize {
-        self.e
+        self.gemm1.e
     }
     /// Rows per expert `T`.
     pub fn capacity(&self) -> usize {
-        self.t
+        self.gemm1.t
     }
     /// Hidden size `K`.
     pub fn k(&self) -> usize {
-        self.k
+        self.gemm1.k
     }
     /// Intermediate size `I` per expert.
     pub fn i(&self) -> usize {
-        self.i
+        self.gemm1.n / 2
     }
     /// The storage of the activation scales (`a1s` and the intermediate ones).
     pub fn scale_format(&self) -> ScaleFormat {
-        self.fmt
+        self.gemm1.sa_fmt
     }
     /// The arithmetic of SiLU-mul-quant (SPEC §5.2).
     pub fn numerics(&self) -> Numerics {
@@ -205,78 +188,77 @@ impl ExpertsStage {
     }
     /// The `expected_m` hint, if set.
     pub fn expected_m(&self) -> Option<usize> {
-        self.expected_m
+        self.gemm1.expected_m
     }
     /// GEMM1: `(E, T, K) x (E, 2I, K) -> (E, T, 2I)`.
     pub fn gemm1(&self) -> GroupedGemm {
-        let g = GroupedGemm {
-            e: self.e,
-            t: self.t,
-            n: 2 * self.i,
-            k: self.k,
-            sa_fmt: self.fmt,
-            expected_m: None,
-        };
-        match self.expected_m {
-            Some(m) => g.with_expected_m(m),
-            None => g,
-        }
+        self.gemm1
     }
     /// The SiLU-mul-quant stage: `(E, T, 2I) -> (E, T, I)`.
     pub fn silu(&self) -> SiluMulQuant {
+        let GroupedGemm { e, t, sa_fmt, .. } = self.gemm1;
         SiluMulQuant {
-            e: self.e,
-            t: self.t,
-            h: self.i,
-            fmt: self.fmt,
+            e,
+            t,
+            h: self.i(),
+            fmt: sa_fmt,
             numerics: self.numerics,
         }
     }
     /// GEMM2: `(E, T, I) x (E, K, I) -> (E, T, K)`.
     pub fn gemm2(&self) -> GroupedGemm {
-        let g = GroupedGemm {
-            e: self.e,
-            t: self.t,
-            n: self.k,
-            k: self.i,
-            sa_fmt: self.fmt,
-            expected_m: None,
-        };
-        match self.expected_m {
-            Some(m) => g.with_expected_m(m),
-            None => g,
+        GroupedGemm {
+            n: self.k(),
+            k: self.i(),
+            ..self.gemm1
         }
     }
     /// vLLM's workspace shapes.
     pub fn workspace_shapes(&self) -> WorkspaceShapes {
+        let (e, t, k, i) = (self.experts(), self.capacity(), self.k(), self.i());
         WorkspaceShapes {
-            ws13: [self.e, self.t, self.k.max(2 * self.i)],
-            ws2: [self.e, self.t, self.i],
-            output: [self.e, self.t, self.k],
+            ws13: [e, t, k.max(2 * i)],
+            ws2: [e, t, i],
+            output: [e, t, k],
         }
     }
     /// `(E, cols, T)` scales of `a1q`.
     pub fn a1s_shape(&self) -> [usize; 3] {
-        self.gemm1().sa_shape()
+        self.gemm1.sa_shape()
     }
     /// Validates the inputs, naming `a1q`, `a1s`, `w1`, `w1s`, `w2`, `w2s` or `counts`.
     pub fn check_inputs(&self, inputs: &ExpertsInputs<'_>) -> Result<()> {
-        let g1 = self.gemm1();
-        let g2 = self.gemm2();
-        check_len("a1q", inputs.a1q.len(), &[self.e, self.t, self.k])?;
+        let (g1, g2) = (self.gemm1, self.gemm2());
+        let (e, t, k, i) = (self.experts(), self.capacity(), self.k(), self.i());
+        check_len("a1q", inputs.a1q.len(), &[e, t, k])?;
         let sh = g1.sa_shape();
-        inputs.a1s.check("a1s", self.fmt, sh.iter().product(), &sh)?;
-        check_len("w1", inputs.w1.q.len(), &[self.e, 2 * self.i, self.k])?;
+        inputs.a1s.check("a1s", g1.sa_fmt, sh.iter().product(), &sh)?;
+        check_len("w1", inputs.w1.q.len(), &[e, 2 * i, k])?;
         check_len("w1s", inputs.w1.s.len(), &g1.sb_shape())?;
-        check_len("w2", inputs.w2.q.len(), &[self.e, self.k, self.i])?;
+        check_len("w2", inputs.w2.q.len(), &[e, k, i])?;
         check_len("w2s", inputs.w2.s.len(), &g2.sb_shape())?;
-        check_counts(inputs.counts, self.e, self.t)
+        check_counts(inputs.counts, e, t)
     }
     /// Validates the inputs and the output `out (E, T, K)`.
     pub fn check(&self, inputs: &ExpertsInputs<'_>, out: &[bf16]) -> Result<()> {
         self.check_inputs(inputs)?;
-        check_len("out", out.len(), &[self.e, self.t, self.k])
+        check_len("out", out.len(), &[self.experts(), self.capacity(), self.k()])
     }
+}
+
+/// The inputs of the batched experts stage (SPEC §5.4).
+#[derive(Debug, Clone, Copy)]
+pub struct ExpertsInputs<'a> {
+    /// `(E, T, K)` E4M3 activations.
+    pub a1q: &'a [u8],
+    /// Their scales, MN-major `(E, K/128, T)` in the problem's scale format.
+    pub a1s: Scales<'a>,
+    /// `w1 (E, 2I, K)`: gate rows then up rows.
+    pub w1: WeightsRef<'a>,
+    /// `w2 (E, K, I)`.
+    pub w2: WeightsRef<'a>,
+    /// Live rows per expert.
+    pub counts: &'a [i32],
 }
 
 #[cfg(test)]
