@@ -368,12 +368,19 @@ impl Launcher<'_> {
             .i32(fmt_code(fmt))
             .i32(numerics_code(numerics));
         // A fixed grid for the shape (never for the counts), so a graph replay with other
-        // counts stays valid.
-        let grid = blocks_for(e * t * cols, 8, self.dev.sm_count() * 16);
+        // counts stays valid: at most 3 blocks of 8 warps per SM (all resident at once: the
+        // kernel's __launch_bounds__(256, 3) keeps it within 80 registers per thread), and no
+        // more warps than the most work units the shape can have (every row live, two groups
+        // per unit). The kernel picks its unit size from the live rows on the device.
+        let max_units = e * t * (h / GROUP).div_ceil(2);
+        let grid = blocks_for(max_units, 8, self.dev.sm_count() * 3);
         // SAFETY: arguments match the C signature above in order and type. The kernel visits
         // only live rows t < clamp(counts[e], 0, T) through `prefix` (E+1 entries, computed by
-        // moe_counts_prefix from clamped counts), reads y[(e*T+t)*2H ..+2H], writes
-        // q[(e*T+t)*H ..+H] and s[(e*cols+col)*T+t]: within the lengths asserted above.
+        // moe_counts_prefix from clamped counts; its expert search stays in [0, E-1] whatever
+        // the prefix holds), reads y[(e*T+t)*2H ..+2H], writes q[(e*T+t)*H ..+H] and
+        // s[(e*cols+col)*T+t] for col < cols: within the lengths asserted above. It is
+        // compiled with __launch_bounds__(256, 3) and launched with 256 threads (8 whole warps;
+        // its shuffles and ballots need whole warps).
         unsafe { self.launch(KernelId::Silu, "moe_silu_mul_quant", Config::plain(grid, 256), a, "silu-mul-quant") }
     }
 
