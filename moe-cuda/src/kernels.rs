@@ -22,6 +22,9 @@ pub enum KernelId {
     Gemm,
     /// `finalize.cu`: router-weighted combine.
     Finalize,
+    /// `gemm_wgmma.cu`: the masked grouped FP8 GEMM on Hopper's asynchronous tensor cores (TMA +
+    /// `wgmma`), opt-in through `CudaBackend::grouped_gemm_wgmma`, and its probe kernels.
+    GemmWgmma,
     /// `selftest.cu`: device helpers over whole input ranges (exp, vLLM ceil scale, E4M3 encode).
     ///
     /// Test support: not in [`KernelId::ALL`] (so not compiled by the backend's `compile_all`);
@@ -38,12 +41,13 @@ pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../kernels/c
 
 impl KernelId {
     /// Every program of the backend, in a fixed order (the self-test program is not one).
-    pub const ALL: [KernelId; 5] = [
+    pub const ALL: [KernelId; 6] = [
         KernelId::Counts,
         KernelId::Quant,
         KernelId::Silu,
         KernelId::Gemm,
         KernelId::Finalize,
+        KernelId::GemmWgmma,
     ];
 
     /// The programs only tests compile: [`KernelId::Selftest`].
@@ -58,6 +62,7 @@ impl KernelId {
             KernelId::Silu => "silu.cu",
             KernelId::Gemm => "gemm.cu",
             KernelId::Finalize => "finalize.cu",
+            KernelId::GemmWgmma => "gemm_wgmma.cu",
             KernelId::Selftest => "selftest.cu",
         }
     }
@@ -70,6 +75,7 @@ impl KernelId {
             KernelId::Silu => include_str!("../kernels/silu.cu"),
             KernelId::Gemm => include_str!("../kernels/gemm.cu"),
             KernelId::Finalize => include_str!("../kernels/finalize.cu"),
+            KernelId::GemmWgmma => include_str!("../kernels/gemm_wgmma.cu"),
             KernelId::Selftest => include_str!("../kernels/selftest.cu"),
         }
     }
@@ -82,6 +88,12 @@ impl KernelId {
             KernelId::Silu => &["moe_silu_mul_quant"],
             KernelId::Gemm => &["moe_grouped_gemm", "moe_grouped_gemm_k32"],
             KernelId::Finalize => &["moe_finalize"],
+            KernelId::GemmWgmma => &[
+                "moe_grouped_gemm_wgmma",
+                "moe_wgmma_probe_tma",
+                "moe_wgmma_probe_mma",
+                "moe_wgmma_probe_ring",
+            ],
             KernelId::Selftest => &["moe_exp_f32_range", "moe_vllm_ceil_table", "moe_e4m3_range"],
         }
     }
@@ -152,7 +164,7 @@ mod tests {
     #[test]
     fn the_self_test_program_is_not_a_backend_program() {
         assert!(!KernelId::ALL.contains(&KernelId::Selftest));
-        assert_eq!(every_program().count(), 6);
+        assert_eq!(every_program().count(), 7);
     }
 
     #[test]
