@@ -1,7 +1,8 @@
 //! Compiles every kernel program (the backend's and the self-test program) with NVRTC for
 //! `sm_90a` (no GPU needed) and prints the
 //! `ptxas` resource report (registers, spills, shared memory) of each entry point.
-//! Run by `cargo xtask nvrtc-check`; exits non-zero on any failure.
+//! Run by `cargo xtask nvrtc-check`; exits non-zero on any failure, including a ptxas
+//! note that it serialized `wgmma` instructions or injected waits around them (C75xx).
 
 use std::process::ExitCode;
 
@@ -32,6 +33,14 @@ fn main() -> ExitCode {
                 );
                 for line in c.log.lines().filter(|l| !l.trim().is_empty()) {
                     println!("   {line}");
+                }
+                // ptxas serializes a kernel's wgmma, or injects waits and arrives around them,
+                // when it cannot keep the accumulators in place (its C7510-C7520 notes): a
+                // silent slowdown, so a failure here.
+                let serialized: Vec<&str> = c.log.lines().filter(|l| l.contains("(C75") || l.contains("serialized")).collect();
+                if !serialized.is_empty() {
+                    failed += 1;
+                    println!("   FAILED: wgmma serialized or fenced by ptxas: {serialized:?}");
                 }
                 if c.log.contains("bytes spill") && !c.log.contains(" 0 bytes spill stores, 0 bytes spill loads") {
                     let spills: Vec<&str> = c

@@ -24,6 +24,8 @@ use crate::limits;
 use crate::memory::{alloc, bf16_bits, bf16_bits_mut, commit1, commit2, fetch, scale_words, scale_words_mut, sync, upload};
 use crate::stage::{self, Activations, Weights, Work};
 
+mod wgmma;
+
 /// The CUDA backend: one GPU (an H100 or H200), one stream, kernels compiled on first use.
 ///
 /// Host-slice calls are serialized by an internal lock; each is synchronous. Each writes its

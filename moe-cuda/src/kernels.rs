@@ -24,6 +24,9 @@ pub enum KernelId {
     Finalize,
     /// `bench.cu`: the benchmark harness's read-only streaming ceiling and spin kernel.
     Bench,
+    /// `gemm_wgmma.cu`: the masked grouped FP8 GEMM on Hopper's asynchronous tensor cores (TMA +
+    /// `wgmma`), opt-in through `CudaBackend::grouped_gemm_wgmma`, and its probe kernels.
+    GemmWgmma,
     /// `selftest.cu`: device helpers over whole input ranges (exp, vLLM ceil scale, E4M3 encode).
     ///
     /// Test support: not in [`KernelId::ALL`] (so not compiled by the backend's `compile_all`);
@@ -40,13 +43,14 @@ pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../kernels/c
 
 impl KernelId {
     /// Every program of the backend, in a fixed order (the self-test program is not one).
-    pub const ALL: [KernelId; 6] = [
+    pub const ALL: [KernelId; 7] = [
         KernelId::Counts,
         KernelId::Quant,
         KernelId::Silu,
         KernelId::Gemm,
         KernelId::Finalize,
         KernelId::Bench,
+        KernelId::GemmWgmma,
     ];
 
     /// The programs only tests compile: [`KernelId::Selftest`].
@@ -62,6 +66,7 @@ impl KernelId {
             KernelId::Gemm => "gemm.cu",
             KernelId::Finalize => "finalize.cu",
             KernelId::Bench => "bench.cu",
+            KernelId::GemmWgmma => "gemm_wgmma.cu",
             KernelId::Selftest => "selftest.cu",
         }
     }
@@ -75,6 +80,7 @@ impl KernelId {
             KernelId::Gemm => include_str!("../kernels/gemm.cu"),
             KernelId::Finalize => include_str!("../kernels/finalize.cu"),
             KernelId::Bench => include_str!("../kernels/bench.cu"),
+            KernelId::GemmWgmma => include_str!("../kernels/gemm_wgmma.cu"),
             KernelId::Selftest => include_str!("../kernels/selftest.cu"),
         }
     }
@@ -88,6 +94,12 @@ impl KernelId {
             KernelId::Gemm => &["moe_grouped_gemm", "moe_grouped_gemm_k32"],
             KernelId::Finalize => &["moe_finalize"],
             KernelId::Bench => &["moe_bench_read", "moe_bench_spin"],
+            KernelId::GemmWgmma => &[
+                "moe_grouped_gemm_wgmma",
+                "moe_wgmma_probe_tma",
+                "moe_wgmma_probe_mma",
+                "moe_wgmma_probe_ring",
+            ],
             KernelId::Selftest => &["moe_exp_f32_range", "moe_vllm_ceil_table", "moe_e4m3_range"],
         }
     }
@@ -158,7 +170,7 @@ mod tests {
     #[test]
     fn the_self_test_program_is_not_a_backend_program() {
         assert!(!KernelId::ALL.contains(&KernelId::Selftest));
-        assert_eq!(every_program().count(), 7);
+        assert_eq!(every_program().count(), 8);
     }
 
     #[test]

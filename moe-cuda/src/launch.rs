@@ -23,12 +23,15 @@ use moe_core::{DeviceError, Numerics, ScaleFormat, GROUP};
 
 use crate::device::{driver_err, Device};
 use crate::kernels::{fmt_code, numerics_code, KernelId};
+use crate::tma::TensorMap;
 
 mod bench;
 mod config;
+mod wgmma;
 
 pub(crate) use config::Config;
 use config::DEFAULT_DYN_SMEM;
+pub(crate) use wgmma::gemm_layouts;
 
 /// Rows per tile of the grouped GEMM (`BM` in gemm.cu); the tile prefix is computed for it.
 pub(crate) const GEMM_BM: usize = 64;
@@ -49,6 +52,8 @@ enum Arg {
     I32(i32),
     U32(u32),
     I64(i64),
+    /// A TMA tensor map, passed by value (`const __grid_constant__ TmaMap`).
+    Map(TensorMap),
 }
 
 /// The argument list of one launch, pushed in the order of the kernel's C signature.
@@ -203,6 +208,7 @@ impl Launcher<'_> {
                 Arg::I32(v) => v as *mut i32 as *mut c_void,
                 Arg::U32(v) => v as *mut u32 as *mut c_void,
                 Arg::I64(v) => v as *mut i64 as *mut c_void,
+                Arg::Map(m) => m as *mut TensorMap as *mut c_void,
             })
             .collect();
         let mut attrs = cfg.attributes();

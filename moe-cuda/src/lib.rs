@@ -55,6 +55,8 @@ mod memory;
 mod resident;
 #[cfg(feature = "cuda")]
 mod stage;
+#[cfg(feature = "cuda")]
+mod tma;
 
 #[cfg(feature = "cuda")]
 pub use backend::CudaBackend;
