@@ -75,6 +75,13 @@ pub(crate) fn check_gemm_with_bound(p: &GroupedGemm, inputs: &GemmInputs<'_>, d:
     Ok(())
 }
 
+/// The checks of `grouped_gemm_accumulators`: the GEMM's inputs, and `acc`'s length `(E, T, N)`.
+pub(crate) fn check_gemm_accumulators(p: &GroupedGemm, inputs: &GemmInputs<'_>, acc: &[f32]) -> MoeResult<()> {
+    p.check_inputs(inputs)?;
+    moe_core::check_len("acc", acc.len(), &[p.experts(), p.capacity(), p.n()])?;
+    Ok(())
+}
+
 /// The start of both prepare paths: validate every buffer, route the tokens, and write `counts`.
 pub(crate) fn route_for_prepare(
     p: &Prepare,

@@ -19,7 +19,10 @@ use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 use std::sync::Arc;
 
-use crate::common::{check_gemm_with_bound, clear_packed_rows, group_scale, route_for_prepare, scale_of, vllm_group_scale};
+use crate::common::{
+    check_gemm_accumulators, check_gemm_with_bound, clear_packed_rows, group_scale, route_for_prepare, scale_of, vllm_group_scale,
+};
+use crate::gemm::GemmOut;
 
 /// The fast CPU reference: parallel with rayon, bit-identical to [`crate::NaiveCpu`] for any
 /// thread count.
@@ -64,7 +67,15 @@ impl CpuBackend {
     /// [`crate::NaiveCpu::grouped_gemm_with_bound`], identical results).
     pub fn grouped_gemm_with_bound(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], bound: &mut [f64]) -> MoeResult<()> {
         check_gemm_with_bound(p, &inputs, d, bound)?;
-        self.install(|| crate::gemm::grouped_gemm(p, inputs, d, Some(bound)));
+        self.install(|| crate::gemm::grouped_gemm(p, inputs, GemmOut::D(d, Some(bound))));
+        Ok(())
+    }
+
+    /// The f32 accumulators of the grouped GEMM before the final rounding (as
+    /// [`crate::NaiveCpu::grouped_gemm_accumulators`], identical results).
+    pub fn grouped_gemm_accumulators(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, acc: &mut [f32]) -> MoeResult<()> {
+        check_gemm_accumulators(p, &inputs, acc)?;
+        self.install(|| crate::gemm::grouped_gemm(p, inputs, GemmOut::Acc(acc)));
         Ok(())
     }
 }
@@ -266,7 +277,7 @@ impl Backend for CpuBackend {
 
     fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
         p.check(&inputs, d)?;
-        self.install(|| crate::gemm::grouped_gemm(p, inputs, d, None));
+        self.install(|| crate::gemm::grouped_gemm(p, inputs, GemmOut::D(d, None)));
         Ok(())
     }
 

@@ -47,11 +47,20 @@ struct TileOut {
     bound: Vec<f64>,
 }
 
-pub(crate) fn grouped_gemm(p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], bound: Option<&mut [f64]>) {
+/// Where the results go: the rounded output `d` (with the bound when asked), or the f32
+/// accumulators before the rounding.
+pub(crate) enum GemmOut<'a> {
+    /// `d = bf16_out(acc)`, and the absolute-sum bound when present.
+    D(&'a mut [bf16], Option<&'a mut [f64]>),
+    /// The f32 accumulators themselves.
+    Acc(&'a mut [f32]),
+}
+
+pub(crate) fn grouped_gemm(p: &GroupedGemm, inputs: GemmInputs<'_>, out: GemmOut<'_>) {
     let GemmInputs { a, sa, b, counts } = inputs;
     let (b, sb) = (b.q, b.s);
     let (t_cap, n_dim, k_dim) = (p.capacity(), p.n(), p.k());
-    let want_bound = bound.is_some();
+    let want_bound = matches!(out, GemmOut::D(_, Some(_)));
     // Decoded activations of the live rows, per expert: (counts[e], K) f64 row-major.
     let a_dec: Vec<Vec<f64>> = (0..p.experts())
         .into_par_iter()
@@ -89,17 +98,26 @@ pub(crate) fn grouped_gemm(p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf1
             })
         })
         .collect();
-    let mut bound = bound;
+    let mut out = out;
     for tile in tiles {
         let live = counts[tile.e] as usize;
         for t in 0..live {
             let dst = (tile.e * t_cap + t) * n_dim + tile.n0;
-            for j in 0..tile.width {
-                d[dst + j] = bf16_out(tile.acc[j * live + t]);
-            }
-            if let Some(bd) = bound.as_deref_mut() {
-                for j in 0..tile.width {
-                    bd[dst + j] = tile.bound[j * live + t];
+            match &mut out {
+                GemmOut::D(d, bound) => {
+                    for j in 0..tile.width {
+                        d[dst + j] = bf16_out(tile.acc[j * live + t]);
+                    }
+                    if let Some(bd) = bound.as_deref_mut() {
+                        for j in 0..tile.width {
+                            bd[dst + j] = tile.bound[j * live + t];
+                        }
+                    }
+                }
+                GemmOut::Acc(acc) => {
+                    for j in 0..tile.width {
+                        acc[dst + j] = tile.acc[j * live + t];
+                    }
                 }
             }
         }

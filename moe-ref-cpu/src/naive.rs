@@ -10,7 +10,9 @@ use moe_core::{
     Prepare, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 
-use crate::common::{check_gemm_with_bound, clear_packed_rows, group_scale, route_for_prepare, sa_at, scale_of, vllm_group_scale};
+use crate::common::{
+    check_gemm_accumulators, check_gemm_with_bound, clear_packed_rows, group_scale, route_for_prepare, sa_at, scale_of, vllm_group_scale,
+};
 
 /// The naive CPU reference (single-threaded, element by element).
 #[derive(Debug, Default, Clone, Copy)]
@@ -27,12 +29,26 @@ impl NaiveCpu {
     /// zero for rows past `counts`).
     pub fn grouped_gemm_with_bound(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], bound: &mut [f64]) -> MoeResult<()> {
         check_gemm_with_bound(p, &inputs, d, bound)?;
-        gemm(p, inputs, d, Some(bound));
+        gemm(p, inputs, true, |i, acc, bnd| {
+            d[i] = bf16_out(acc);
+            bound[i] = bnd;
+        });
+        Ok(())
+    }
+
+    /// The f32 accumulators of the grouped GEMM before the final rounding: `acc` of SPEC §5.3,
+    /// whose `bf16_out` is `d`. Written for live rows only (`(E, T, N)`; rows past `counts`
+    /// untouched). Tests use it to measure how a backend rounds its epilogue.
+    pub fn grouped_gemm_accumulators(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, acc: &mut [f32]) -> MoeResult<()> {
+        check_gemm_accumulators(p, &inputs, acc)?;
+        gemm(p, inputs, false, |i, a, _| acc[i] = a);
         Ok(())
     }
 }
 
-fn gemm(p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], mut bound: Option<&mut [f64]>) {
+/// The §5.3 loop nest; `put(index into (E, T, N), acc, bound)` receives every live element's
+/// f32 accumulator and (when `want_bound`, else 0) its absolute-sum bound.
+fn gemm(p: &GroupedGemm, inputs: GemmInputs<'_>, want_bound: bool, mut put: impl FnMut(usize, f32, f64)) {
     let GemmInputs { a, sa, b, counts } = inputs;
     let (t_cap, n_dim, k_dim, kbs) = (p.capacity(), p.n(), p.k(), p.k_blocks());
     for e in 0..p.experts() {
@@ -48,16 +64,15 @@ fn gemm(p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], mut bound: Opti
                     for i in kb * GROUP..(kb + 1) * GROUP {
                         let prod = e4m3_to_f32(arow[i]) as f64 * e4m3_to_f32(brow[i]) as f64;
                         sum += prod;
-                        abs += prod.abs();
+                        if want_bound {
+                            abs += prod.abs();
+                        }
                     }
                     let s = sa_at(&sa, p, e, t, kb) * b.s[(e * (n_dim / GROUP) + n / GROUP) * kbs + kb];
                     acc = s.mul_add(sum as f32, acc);
                     bnd += (s as f64).abs() * abs;
                 }
-                d[(e * t_cap + t) * n_dim + n] = bf16_out(acc);
-                if let Some(bound) = bound.as_deref_mut() {
-                    bound[(e * t_cap + t) * n_dim + n] = bnd;
-                }
+                put((e * t_cap + t) * n_dim + n, acc, bnd);
             }
         }
     }
@@ -188,7 +203,7 @@ impl Backend for NaiveCpu {
 
     fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
         p.check(&inputs, d)?;
-        gemm(p, inputs, d, None);
+        gemm(p, inputs, false, |i, acc, _| d[i] = bf16_out(acc));
         Ok(())
     }
 

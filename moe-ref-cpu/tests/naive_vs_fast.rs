@@ -133,7 +133,28 @@ fn batched_quant_silu_and_gemm_agree_and_leave_dead_rows_untouched() {
             counts: &counts,
         };
         NaiveCpu.grouped_gemm_with_bound(&p, inputs, &mut d0, &mut bound0).unwrap();
+        // The f32 accumulators: live rows hold the values whose rounding is `d`; dead rows keep
+        // the poison.
+        let acc_poison = f32::from_bits(0x7FA5_A5A5);
+        let mut acc0 = vec![acc_poison; e * t * n];
+        NaiveCpu.grouped_gemm_accumulators(&p, inputs, &mut acc0).unwrap();
+        for (i, (&a, &d)) in acc0.iter().zip(&d0).enumerate() {
+            if a.to_bits() == acc_poison.to_bits() {
+                assert_eq!(d.to_bits(), poison.to_bits(), "acc[{i}] is untouched but d[{i}] was written");
+            } else {
+                assert_eq!(moe_core::format::bf16_out(a).to_bits(), d.to_bits(), "bf16(acc[{i}]) != d[{i}]");
+            }
+        }
+        let mut short = vec![acc_poison; e * t * n - 1];
+        assert!(NaiveCpu.grouped_gemm_accumulators(&p, inputs, &mut short).is_err());
+        assert!(CpuBackend::new().grouped_gemm_accumulators(&p, inputs, &mut short).is_err());
         for be in backends() {
+            let mut acc1 = vec![acc_poison; e * t * n];
+            be.grouped_gemm_accumulators(&p, inputs, &mut acc1).unwrap();
+            assert!(
+                acc0.iter().zip(&acc1).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "accumulators differ"
+            );
             let mut d1 = vec![poison; e * t * n];
             let mut bound1 = vec![0f64; e * t * n];
             be.grouped_gemm_with_bound(&p, inputs, &mut d1, &mut bound1).unwrap();

@@ -13,7 +13,9 @@
 //! - *free*: no anchor.
 //!
 //! Shapes cover `T` not a multiple of 4, a single expert, `K` equal to one block, five groups
-//! (the packed format's partial last word), and counts of 0 and of `T`.
+//! (the packed format's partial last word), and counts of 0 and of `T`. The tile-edge strategies
+//! ([`gemm_tile_edge_case`], [`experts_tile_edge_case`]) draw the big shapes that cross the GEMM
+//! kernels' tiles; the suites run them for a fixed, small number of cases.
 //!
 //! The number of cases per property comes from `PROPTEST_CASES` (default [`DEFAULT_CASES`]).
 
@@ -26,6 +28,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
 use moe_engine::ops::*;
+use moe_engine::rng::Rng;
+use moe_engine::verify::tiles;
 
 /// Cases per property when `PROPTEST_CASES` is not set: keeps the whole suite well under two
 /// minutes on two cores.
@@ -311,6 +315,55 @@ pub fn gemm_case() -> impl Strategy<Value = GemmCase> {
                 vec(count(t), e),
             )
                 .prop_map(move |(a, sa, b, sb, counts)| GemmCase { p, a, sa, b, sb, counts })
+        })
+}
+
+/// Grouped GEMM cases at the kernels' tile edges (`moe_engine::verify::tiles`: T up to 300, N
+/// and K past 1024, counts at every row-tile edge ±1, one live row, all rows live, empty
+/// experts). The shape and the counts are drawn here, so a failure shrinks toward small shapes
+/// and zero counts; the data come from a seeded generator (buffers of up to a million codes
+/// would make proptest's value trees slow to build and to shrink).
+pub fn gemm_tile_edge_case() -> impl Strategy<Value = GemmCase> {
+    (
+        1usize..=3,
+        0..tiles::GEMM_CAPACITIES.len(),
+        0..tiles::GEMM_N_BLOCKS.len(),
+        0..tiles::GEMM_K_BLOCKS.len(),
+        0..tiles::CountPattern::ALL.len(),
+        vec(any::<usize>(), 3),
+        scale_format(),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(|(e, ti, ni, ki, pattern, picks, fmt, seed, hard)| {
+            let (e, t, n, k) = tiles::gemm_shape(e, ti, ni, ki);
+            let p = GroupedGemm::new(e, t, n, k, fmt).expect("valid shape");
+            let counts = tiles::edge_counts(tiles::CountPattern::ALL[pattern], &picks, e, t);
+            GemmCase::with_shape(&mut Rng::new(seed), p, counts, hard)
+        })
+}
+
+/// Experts-stage cases at the tile edges (E of 1 or 2, T from 129 to 300, K and I of 256 or
+/// more), drawn like [`gemm_tile_edge_case`]; random data (so `calc_diff < 1e-5` applies)
+/// unless `hard` is drawn.
+pub fn experts_tile_edge_case() -> impl Strategy<Value = ExpertsCase> {
+    (
+        1usize..=2,
+        0..tiles::EXPERTS_CAPACITIES.len(),
+        0..tiles::EXPERTS_K_BLOCKS.len(),
+        0..tiles::EXPERTS_I_BLOCKS.len(),
+        0..tiles::CountPattern::ALL.len(),
+        vec(any::<usize>(), 2),
+        scale_format(),
+        numerics(),
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(|(e, ti, ki, ii, pattern, picks, fmt, num, seed, hard)| {
+            let (e, t, k, i) = tiles::experts_shape(e, ti, ki, ii);
+            let p = ExpertsStage::new(e, t, k, i, fmt, num).expect("valid shape");
+            let counts = tiles::edge_counts(tiles::CountPattern::ALL[pattern], &picks, e, t);
+            ExpertsCase::with_shape(&mut Rng::new(seed), p, counts, hard)
         })
 }
 

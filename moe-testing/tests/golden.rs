@@ -149,7 +149,10 @@ fn token_group_quant_matches_the_oracle_in_every_format_layout_and_dtype() {
 #[test]
 fn block_quant_matches_the_oracle_with_ragged_edges() {
     let g = Golden::open("block_quant");
-    for c in &g.cases() {
+    let cases = g.cases();
+    // A golden file that silently lost cases must fail, not pass on fewer.
+    assert_eq!(cases.len(), 4);
+    for c in &cases {
         let name = c["name"].as_str().unwrap();
         let shape: Vec<usize> = c["shape"]
             .as_array()

@@ -125,3 +125,30 @@ pub fn rand_f8(rng: &mut Rng, n: usize) -> Vec<u8> {
 pub fn rand_scales(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.unit_positive() * 0.01 + 0.001).collect()
 }
+
+/// Runs the `moe` binary, killing it after `secs` seconds (a hang is a test failure, not a
+/// stuck suite). Its output must be small (the pipes are read after it exits).
+pub fn moe_within(args: &[&str], secs: u64) -> Output {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moe"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run moe");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().expect("wait for moe").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect moe");
+            panic!(
+                "`moe {}` did not finish within {secs} s; stderr: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collect moe")
+}

@@ -3,8 +3,8 @@
 //! both run them through the same code.
 
 use moe_core::{
-    bf16, Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsInputs, ExpertsStage, Finalize, GroupedGemm, Prepare, ScaleBuf,
-    SiluMulQuant, TokenGroupQuant, WeightsRef,
+    bf16, Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsInputs, ExpertsStage, Finalize, GemmInputs, GroupedGemm, Prepare,
+    ScaleBuf, SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
 
 /// An owned activation tensor, bf16 or f32.
@@ -98,6 +98,18 @@ pub struct GemmCase {
     pub sb: Vec<f32>,
     /// Live rows per expert.
     pub counts: Vec<i32>,
+}
+
+impl GemmCase {
+    /// The borrowed inputs.
+    pub fn inputs(&self) -> GemmInputs<'_> {
+        GemmInputs {
+            a: &self.a,
+            sa: self.sa.view(),
+            b: WeightsRef { q: &self.b, s: &self.sb },
+            counts: &self.counts,
+        }
+    }
 }
 
 /// The batched experts stage (SPEC §5.4).

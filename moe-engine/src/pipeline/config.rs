@@ -1,8 +1,6 @@
 //! What `moe run` runs, and the validation of it the command line reports.
 
-use moe_core::{Numerics, ScaleFormat, GROUP};
-
-use crate::error::InputError;
+use moe_core::{Numerics, ScaleFormat};
 
 /// What `moe run` runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,19 +46,4 @@ impl Default for RunConfig {
             check_blocks: 2,
         }
     }
-}
-
-/// Validates the dimensions of `cfg` the way the command line reports them.
-pub fn validate(cfg: &RunConfig) -> Result<(), InputError> {
-    for (flag, v) in [("--experts", cfg.experts), ("--capacity", cfg.capacity), ("--topk", cfg.topk)] {
-        if v == 0 {
-            return Err(InputError::Usage(format!("{flag} must be at least 1")));
-        }
-    }
-    for (flag, v) in [("--hidden", cfg.hidden), ("--intermediate", cfg.intermediate)] {
-        if v == 0 || v % GROUP != 0 {
-            return Err(InputError::Usage(format!("{flag} = {v} must be a positive multiple of 128")));
-        }
-    }
-    Ok(())
 }

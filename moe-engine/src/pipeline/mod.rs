@@ -18,7 +18,7 @@ use moe_core::{
 use moe_ref_cpu::{CpuBackend, NaiveCpu};
 
 use crate::device::{Device, GemmContract};
-use crate::error::EngineError;
+use crate::error::{try_filled, EngineError};
 use crate::rng::Rng;
 mod check;
 mod config;
@@ -26,7 +26,10 @@ mod config;
 use crate::weights::synth;
 pub use check::Check;
 use check::{bits16, bits_check, check_block_quant, check_gemm, sample_rows};
-pub use config::{validate, RunConfig};
+pub use config::RunConfig;
+
+mod limits;
+pub use limits::{footprint, validate, Buffer};
 
 /// The largest end-to-end `calc_diff` accepted against the CPU reference (SPEC §5.4).
 pub const CALC_DIFF_MAX: f64 = 1e-5;
@@ -147,16 +150,16 @@ pub fn run_on(
     let live: usize = route.counts.iter().map(|&c| c as usize).sum();
 
     progress("generating activations");
-    let mut x = vec![bf16::ZERO; m * k];
+    let mut x = try_filled("x", m * k, bf16::ZERO)?;
     synth::fill(synth::key(cfg.seed, STREAM_X), 0, 1.0, &mut x);
 
     // Weights, generated and quantized one expert at a time so the bf16 copy stays small.
     let pow2 = fmt.is_ceil();
-    let mut chunk = vec![bf16::ZERO; 2 * i * k];
+    let mut chunk = try_filled("w1 (one expert)", 2 * i * k, bf16::ZERO)?;
     let mut quant_weights = |stream: u64, r: usize, c: usize, label: &'static str| -> Result<(Vec<u8>, Vec<f32>, f64), EngineError> {
         let bq = BlockQuant::new(1, r, c, pow2)?;
         let per_s: usize = bq.scale_shape().iter().product();
-        let (mut q, mut s) = (vec![0u8; e * r * c], vec![0f32; e * per_s]);
+        let (mut q, mut s) = (try_filled(label, e * r * c, 0u8)?, try_filled("weight scales", e * per_s, 0f32)?);
         let mut secs = 0.0;
         for ex in 0..e {
             progress(&format!("quantizing {label} of expert {ex}/{e}"));
@@ -181,7 +184,11 @@ pub fn run_on(
 
     progress("prepare");
     let a1s_len: usize = experts.a1s_shape().iter().product();
-    let (mut a1q, mut a1s, mut counts) = (vec![0u8; e * t * k], ScaleBuf::zeros(fmt, a1s_len), vec![0i32; e]);
+    let (mut a1q, mut a1s, mut counts) = (
+        try_filled("a1q", e * t * k, 0u8)?,
+        ScaleBuf::zeros(fmt, a1s_len),
+        try_filled("counts", e, 0i32)?,
+    );
     let (res, t_prep) = timed(|| backend.prepare(&prep, &x, &route.topk_ids, &mut a1q, a1s.view_mut(), &mut counts));
     res?;
 
@@ -203,7 +210,7 @@ pub fn run_on(
     experts.check_inputs(&inputs)?;
     progress("experts: gemm1 → silu-mul-quant → gemm2 (timed stage by stage)");
     let mut ws_staged = ExpertsWorkspace::new(&experts);
-    let mut out_staged = vec![bf16::ZERO; e * t * k];
+    let mut out_staged = try_filled("out", e * t * k, bf16::ZERO)?;
     let (res, t_g1) = timed(|| {
         backend.grouped_gemm(
             &g1,
@@ -235,7 +242,7 @@ pub fn run_on(
     } else {
         progress("experts (the backend's own BatchedExperts::apply)");
         let mut ws = ExpertsWorkspace::new(&experts);
-        let mut out = vec![bf16::ZERO; e * t * k];
+        let mut out = try_filled("out", e * t * k, bf16::ZERO)?;
         let (res, dt) = timed(|| backend.apply(&experts, inputs, &mut ws, &mut out));
         res?;
         let same = bits16(&ws_staged.h1) == bits16(&ws.h1)
@@ -247,7 +254,7 @@ pub fn run_on(
     };
 
     progress("finalize");
-    let mut y = vec![bf16::ZERO; m * k];
+    let mut y = try_filled("y", m * k, bf16::ZERO)?;
     let (res, t_fin) = timed(|| backend.finalize(&fin, &out, &route.topk_ids, &route.topk_weights, &mut y));
     res?;
 
@@ -316,7 +323,11 @@ pub fn run_on(
 
     progress("checking prepare");
     {
-        let (mut q, mut s, mut c) = (vec![0u8; e * t * k], ScaleBuf::zeros(fmt, a1s_len), vec![0i32; e]);
+        let (mut q, mut s, mut c) = (
+            try_filled("a1q", e * t * k, 0u8)?,
+            ScaleBuf::zeros(fmt, a1s_len),
+            try_filled("counts", e, 0i32)?,
+        );
         NaiveCpu.prepare(&prep, &x, &route.topk_ids, &mut q, s.view_mut(), &mut c)?;
         checks.push(bits_check(
             "prepare (all rows)",
@@ -342,7 +353,10 @@ pub fn run_on(
 
     progress("checking silu-mul-quant");
     {
-        let (mut q, mut s) = (vec![0u8; e * t * i], ScaleBuf::zeros(fmt, silu.scale_shape().iter().product()));
+        let (mut q, mut s) = (
+            try_filled("q2", e * t * i, 0u8)?,
+            ScaleBuf::zeros(fmt, silu.scale_shape().iter().product()),
+        );
         NaiveCpu.silu_mul_quant(&silu, &ws.h1, &counts, &mut q, s.view_mut())?;
         checks.push(bits_check(
             "silu-mul-quant (all rows)",
@@ -366,7 +380,7 @@ pub fn run_on(
 
     progress("checking finalize");
     {
-        let mut yref = vec![bf16::ZERO; m * k];
+        let mut yref = try_filled("y", m * k, bf16::ZERO)?;
         NaiveCpu.finalize(&fin, &out, &route.topk_ids, &route.topk_weights, &mut yref)?;
         checks.push(bits_check("finalize (all tokens)", &[bits16(&yref) == bits16(&y)], m * k));
     }
@@ -396,7 +410,7 @@ pub fn run_on(
     if !exact {
         progress("checking end to end against the CPU reference");
         let mut ws_ref = ExpertsWorkspace::new(&experts);
-        let mut out_ref = vec![bf16::ZERO; e * t * k];
+        let mut out_ref = try_filled("out", e * t * k, bf16::ZERO)?;
         CpuBackend::new().apply(&experts, inputs, &mut ws_ref, &mut out_ref)?;
         let d = moe_core::calc_diff_bf16(&out, &out_ref);
         checks.push(Check {

@@ -166,20 +166,34 @@ impl GemmCase {
         let (n, k) = (GROUP * (1 + r.below(2)), GROUP * (1 + r.below(3)));
         let fmt = any_format(r);
         let p = GroupedGemm::new(e, t, n, k, fmt).expect("valid shape");
-        let mut a = r.e4m3s(e * t * k);
-        let mut b = r.e4m3s(e * n * k);
-        if hard {
-            for v in a.iter_mut().chain(b.iter_mut()) {
-                if r.one_in(300) {
-                    *v = 0x7F | (r.below(2) as u8) << 7; // NaN
-                }
-            }
-        }
-        let sa = scales_for(r, fmt, e, t, p.k_blocks(), hard);
-        let sb = weight_scales(r, e * (n / GROUP) * (k / GROUP), hard);
+        let (a, sa, b, sb) = gemm_data(r, &p, hard);
         let counts = (0..e).map(|_| r.count(t)).collect();
         Self { p, a, sa, b, sb, counts }
     }
+
+    /// A case of shape `p` with the given `counts` and data drawn from `r` (hard values when
+    /// `hard`).
+    pub fn with_shape(r: &mut Rng, p: GroupedGemm, counts: Vec<i32>, hard: bool) -> Self {
+        let (a, sa, b, sb) = gemm_data(r, &p, hard);
+        Self { p, a, sa, b, sb, counts }
+    }
+}
+
+/// Activations, their scales, weights and their scales of a GEMM of shape `p`.
+fn gemm_data(r: &mut Rng, p: &GroupedGemm, hard: bool) -> (Vec<u8>, ScaleBuf, Vec<u8>, Vec<f32>) {
+    let (e, t, n, k) = (p.experts(), p.capacity(), p.n(), p.k());
+    let mut a = r.e4m3s(e * t * k);
+    let mut b = r.e4m3s(e * n * k);
+    if hard {
+        for v in a.iter_mut().chain(b.iter_mut()) {
+            if r.one_in(300) {
+                *v = 0x7F | (r.below(2) as u8) << 7; // NaN
+            }
+        }
+    }
+    let sa = scales_for(r, p.scale_format(), e, t, p.k_blocks(), hard);
+    let sb = weight_scales(r, e * (n / GROUP) * (k / GROUP), hard);
+    (a, sa, b, sb)
 }
 
 impl ExpertsCase {
@@ -189,13 +203,21 @@ impl ExpertsCase {
         let (k, i) = (GROUP * (1 + r.below(2)), GROUP * (1 + r.below(2)));
         let fmt = any_format(r);
         let p = ExpertsStage::new(e, t, k, i, fmt, Numerics::ALL[r.below(2)]).expect("valid shape");
+        let mut c = Self::with_shape(r, p, Vec::new(), hard);
+        c.counts = (0..e).map(|_| r.count(t)).collect();
+        c
+    }
+
+    /// A case of shape `p` with the given `counts` and data drawn from `r` (random data unless
+    /// `hard`).
+    pub fn with_shape(r: &mut Rng, p: ExpertsStage, counts: Vec<i32>, hard: bool) -> Self {
+        let (e, t, k, i, fmt) = (p.experts(), p.capacity(), p.k(), p.i(), p.scale_format());
         let a1q = r.e4m3s(e * t * k);
         let a1s = scales_for(r, fmt, e, t, k / GROUP, hard);
         let w1 = r.e4m3s(e * 2 * i * k);
         let w2 = r.e4m3s(e * k * i);
         let w1s = weight_scales(r, e * (2 * i / GROUP) * (k / GROUP), hard);
         let w2s = weight_scales(r, e * (k / GROUP) * (i / GROUP), hard);
-        let counts = (0..e).map(|_| r.count(t)).collect();
         Self::new(p, a1q, a1s, (w1, w1s), (w2, w2s), counts, !hard)
     }
 }

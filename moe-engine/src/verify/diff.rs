@@ -5,6 +5,12 @@
 //! reproduced by its seed and index. Even cases are "random data" (finite, sensible scales; the
 //! experts stage then also has to meet `calc_diff < 1e-5`), odd cases mix in the hard values of
 //! [`crate::rng::Rng::hard`]. Every case also runs the bad-input checks.
+//!
+//! For the grouped GEMM and the experts stage, every [`TILE_EDGE_EVERY`]th case (indices 15,
+//! 31, ...) has a shape at the kernels' tile edges ([`crate::verify::tiles`]) instead of a small
+//! one, and every [`BIAS_EVERY`]th GEMM case (indices 0, 64, ...) also runs the epilogue
+//! rounding check ([`check_gemm_rounding_bias`]) on a case of 10^5 elements; a failure of
+//! either counts as a failure of that case.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -14,6 +20,11 @@ use crate::device::GemmContract;
 use crate::ops::*;
 use crate::rng::Rng;
 use crate::verify::check::*;
+
+/// Every this many cases of the GEMM and experts operations, one is a tile-edge shape.
+pub const TILE_EDGE_EVERY: usize = 16;
+/// Every this many GEMM cases, one also runs the epilogue rounding check.
+pub const BIAS_EVERY: usize = 64;
 
 /// Options of a diff run.
 #[derive(Debug, Clone)]
@@ -54,6 +65,9 @@ pub struct OpSummary {
     pub worst: f64,
     /// The worst end-to-end `calc_diff` (experts only).
     pub worst_calc_diff: Option<f64>,
+    /// The worst `|mean|` rounding bias of the GEMM epilogue, in bf16 ulps, over the cases that
+    /// ran [`check_gemm_rounding_bias`] (grouped GEMM only).
+    pub worst_rounding_bias: Option<f64>,
     /// The first failures (at most 5), each with its case index.
     pub failures: Vec<String>,
 }
@@ -76,6 +90,42 @@ impl DiffSummary {
     }
 }
 
+/// One case: its outcome and, for GEMM cases that ran it, the rounding bias.
+fn run_case<B: BatchedExperts + ?Sized>(
+    dut: &B,
+    op: Op,
+    i: usize,
+    r: &mut Rng,
+    hard: bool,
+    tol: GemmContract,
+) -> Result<(Outcome, Option<f64>), String> {
+    let tile_edge = i % TILE_EDGE_EVERY == TILE_EDGE_EVERY - 1;
+    match op {
+        Op::GroupedGemm => {
+            let c = if tile_edge {
+                GemmCase::tile_edge(r, hard)
+            } else {
+                GemmCase::random(r, hard)
+            };
+            let o = check_gemm(dut, &c, tol)?;
+            check_gemm_rejects(dut, &c).map_err(|e| format!("bad input: {e}"))?;
+            let bias = if i % BIAS_EVERY == 0 {
+                Some(check_gemm_rounding_bias(dut, &GemmCase::rounding_bias_case(r))?.worst())
+            } else {
+                None
+            };
+            Ok((o, bias))
+        }
+        Op::Experts if tile_edge => {
+            let c = ExpertsCase::tile_edge(r, hard);
+            let o = check_experts(dut, &c, tol)?;
+            check_experts_rejects(dut, &c).map_err(|e| format!("bad input: {e}"))?;
+            Ok((o, None))
+        }
+        _ => run_small_case(dut, op, r, hard, tol).map(|o| (o, None)),
+    }
+}
+
 /// One case: the main check, then the bad-input checks on the same case.
 fn both<C>(c: &C, main: impl Fn(&C) -> Checked, rejects: impl Fn(&C) -> Result<(), String>) -> Checked {
     let o = main(c)?;
@@ -83,7 +133,7 @@ fn both<C>(c: &C, main: impl Fn(&C) -> Checked, rejects: impl Fn(&C) -> Result<(
     Ok(o)
 }
 
-fn run_case<B: BatchedExperts + ?Sized>(dut: &B, op: Op, r: &mut Rng, hard: bool, tol: GemmContract) -> Checked {
+fn run_small_case<B: BatchedExperts + ?Sized>(dut: &B, op: Op, r: &mut Rng, hard: bool, tol: GemmContract) -> Checked {
     match op {
         Op::TokenGroupQuant => both(
             &TokenGroupQuantCase::random(r, hard),
@@ -140,12 +190,13 @@ pub fn run_diff<B: BatchedExperts + ?Sized>(dut: &B, opts: &DiffOptions, mut pro
             failed: 0,
             worst: 0.0,
             worst_calc_diff: None,
+            worst_rounding_bias: None,
             failures: Vec::new(),
         };
         for i in 0..opts.cases {
             let mut r = Rng::for_case(opts.seed, op.stream(), i as u64);
             let hard = i % 2 == 1;
-            let res = catch_unwind(AssertUnwindSafe(|| run_case(dut, op, &mut r, hard, opts.gemm_tol))).unwrap_or_else(|p| {
+            let res = catch_unwind(AssertUnwindSafe(|| run_case(dut, op, i, &mut r, hard, opts.gemm_tol))).unwrap_or_else(|p| {
                 Err(format!(
                     "panicked: {}",
                     p.downcast_ref::<String>()
@@ -156,7 +207,10 @@ pub fn run_diff<B: BatchedExperts + ?Sized>(dut: &B, opts: &DiffOptions, mut pro
             });
             s.cases += 1;
             match res {
-                Ok(o) => {
+                Ok((o, bias)) => {
+                    if let Some(b) = bias {
+                        s.worst_rounding_bias = Some(s.worst_rounding_bias.map_or(b, |w: f64| w.max(b)));
+                    }
                     s.exact += o.exact as usize;
                     s.worst = s.worst.max(o.worst);
                     if let Some(cd) = o.calc_diff {

@@ -25,6 +25,22 @@ fn experts_stages_match_on_arbitrary_codes_and_scales() {
     });
 }
 
+/// The experts stage at the GEMM kernels' tile edges (T from 129 to 300, K and I of 256 or
+/// more, counts at tile edges); a fixed number of cases, as the GEMM's tile-edge property.
+#[test]
+fn experts_stages_match_at_tile_edges() {
+    let Some(duts) = duts_or_skip("experts_stages_match_at_tile_edges") else {
+        return;
+    };
+    let cfg = proptest::test_runner::Config {
+        cases: super::gemm::TILE_EDGE_CASES,
+        ..config()
+    };
+    proptest!(cfg, |(c in strategies::experts_tile_edge_case())| {
+        on_each(duts, |d| check_experts(d, &c, GEMM_TOL)).map_err(TestCaseError::fail)?;
+    });
+}
+
 #[test]
 fn experts_end_to_end_calc_diff_is_below_1e_5_on_random_data() {
     let Some(duts) = duts_or_skip("experts_end_to_end_calc_diff_is_below_1e_5_on_random_data") else {

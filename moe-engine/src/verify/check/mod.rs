@@ -50,6 +50,69 @@ pub(crate) fn dut_ok(what: &str, r: MoeResult<()>) -> Result<(), String> {
     r.map_err(|e| format!("{what}: the backend rejected a valid case: {e}"))
 }
 
+/// Which CPU path computes the reference values of a GEMM or experts check.
+///
+/// `NaiveCpu` defines the results and is used wherever it is affordable. `CpuBackend` (the fast
+/// path) is bit-identical to it for every operation, the GEMM included: `moe-ref-cpu`'s
+/// `naive_vs_fast` tests and the CPU mount of the moe-testing suites (which check `CpuBackend`
+/// against `NaiveCpu` on every ordinary case) prove it. It stands in for the naive path above
+/// [`Reference::NAIVE_MACS_MAX`] multiply-adds, i.e. on the tile-edge shapes of
+/// [`crate::verify::tiles`], whose largest cases would take seconds each naive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference {
+    /// `NaiveCpu`.
+    Naive,
+    /// `CpuBackend` on the global rayon pool.
+    Fast,
+}
+
+impl Reference {
+    /// The most multiply-adds a check computes with the naive path (about 0.1 s).
+    pub const NAIVE_MACS_MAX: usize = 1 << 24;
+
+    /// The reference for a check of `macs` multiply-adds.
+    pub fn for_macs(macs: usize) -> Self {
+        if macs <= Self::NAIVE_MACS_MAX {
+            Reference::Naive
+        } else {
+            Reference::Fast
+        }
+    }
+
+    /// The backend.
+    pub fn backend(self) -> &'static dyn moe_core::BatchedExperts {
+        static FAST: std::sync::OnceLock<moe_ref_cpu::CpuBackend> = std::sync::OnceLock::new();
+        match self {
+            Reference::Naive => &moe_ref_cpu::NaiveCpu,
+            Reference::Fast => FAST.get_or_init(moe_ref_cpu::CpuBackend::new),
+        }
+    }
+
+    /// `grouped_gemm_with_bound` of the chosen path.
+    pub fn grouped_gemm_with_bound(
+        self,
+        p: &moe_core::GroupedGemm,
+        inputs: moe_core::GemmInputs<'_>,
+        d: &mut [bf16],
+        bound: &mut [f64],
+    ) -> MoeResult<()> {
+        match self {
+            Reference::Naive => moe_ref_cpu::NaiveCpu.grouped_gemm_with_bound(p, inputs, d, bound),
+            Reference::Fast => moe_ref_cpu::CpuBackend::new().grouped_gemm_with_bound(p, inputs, d, bound),
+        }
+    }
+}
+
+/// Live multiply-adds of a GEMM of `n × k` per live row.
+pub(crate) fn live_macs(counts: &[i32], n: usize, k: usize) -> usize {
+    counts
+        .iter()
+        .map(|&c| c.max(0) as usize)
+        .sum::<usize>()
+        .saturating_mul(n)
+        .saturating_mul(k)
+}
+
 /// Checks that rows `t >= counts[e]` of an `(E, T, W)` row-major buffer still hold `poison`.
 pub fn untouched_rows<T: Bits>(what: &str, buf: &[T], t_cap: usize, w: usize, counts: &[i32], poison: u64) -> Result<(), String> {
     for (e, &c) in counts.iter().enumerate() {
@@ -250,10 +313,12 @@ pub(crate) fn bad_counts(counts: &[i32], t: usize) -> Vec<(&'static str, Vec<i32
 // ---------------------------------------------------------------------------------------------
 // Token-group quantization.
 
+mod bias;
 mod gemm;
 mod quant;
 mod route;
 
+pub use bias::*;
 pub use gemm::*;
 pub use quant::*;
 pub use route::*;
