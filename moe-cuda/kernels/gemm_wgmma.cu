@@ -213,18 +213,28 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], u64 desc_a
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
-// The partial of one 128-wide K block: four k32 steps chained on the tensor cores, the first
-// from zero; returns once the tensor cores are done (shared memory may be reused).
+// The partial of one 128-wide K block, as the f32 sum of its four k32 tensor-core partials, each
+// from zero: ((p0 + p1) + p2) + p3. Chaining the four k32 steps in the tensor cores' own
+// accumulator (scale-d = 1) keeps only about 14 significant bits across the block: measured on
+// an H200 (2026-12-01, probe_b and the GEMM test), |error| reached 2.7e-4 x sum|a*b| on random
+// full-range operands, above SPEC §5.3's c <= 2^-12 = 2.44e-4. Each k32 partial alone keeps its
+// ~14 bits relative to its own magnitude, so the f32 sum stays within about 2^-13 x sum|a*b|.
+// Returns once the tensor cores are done (shared memory may be reused).
 __device__ __forceinline__ void block_partial(float (&part)[64], u32 a_tile, u32 b_tile) {
     const u64 da = sw128_desc(a_tile);
     const u64 db = sw128_desc(b_tile);
-    pin_accumulators(part);
-    wgmma_fence();
+    float tmp[64];
 #pragma unroll
-    for (int k = 0; k < WG_BK / 32; ++k) wgmma_m64n128k32_e4m3(part, da + 2 * k, db + 2 * k, k > 0);
-    wgmma_commit();
-    wgmma_wait_all();
-    pin_accumulators(part);
+    for (int k = 0; k < WG_BK / 32; ++k) {
+        pin_accumulators(tmp);
+        wgmma_fence();
+        wgmma_m64n128k32_e4m3(tmp, da + 2 * k, db + 2 * k, 0);
+        wgmma_commit();
+        wgmma_wait_all();
+        pin_accumulators(tmp);
+#pragma unroll
+        for (int i = 0; i < 64; ++i) part[i] = k == 0 ? tmp[i] : __fadd_rn(part[i], tmp[i]);
+    }
 }
 
 // ---- the grouped GEMM --------------------------------------------------------------------------
@@ -236,7 +246,7 @@ __device__ __forceinline__ void decode_tile(long long tile, int MT, int NT, int*
     *e = (int)(rest / MT);
 }
 
-extern "C" __global__ void __launch_bounds__(WG_THREADS, 2)
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_grouped_gemm_wgmma(const __grid_constant__ TmaMap map_a, const __grid_constant__ TmaMap map_b, const float* __restrict__ sa,
                            const float* __restrict__ sb, u16* __restrict__ d, const int* __restrict__ counts, int E, int T, int N, int K) {
     extern __shared__ __align__(1024) u8 smem_raw[];

@@ -41,6 +41,31 @@ impl Launcher<'_> {
         }
     }
 
+    /// `moe_bench_copy(const uint4* src, uint4* dst, long long n16)`: copies the first `n16`
+    /// 16-byte words of `src` to `dst`.
+    pub(crate) fn bench_copy(&self, src: &CudaSlice<u8>, dst: &mut CudaSlice<u8>, n16: usize) -> Result<(), DeviceError> {
+        need(src, n16 * 16, "src");
+        need(dst, n16 * 16, "dst");
+        let mut a = Args::new(self.stream);
+        a.buf(src).buf_mut(dst).i64(n16);
+        let grid = self.dev.sm_count() * 4;
+        // SAFETY: arguments match the C signature above in order and type (two device pointers
+        // used as `uint4*`, a 64-bit count). cudarc allocations are at least 256-byte aligned,
+        // so the 16-byte accesses are aligned; the kernel reads src[i] and writes dst[i] for
+        // i < n16 only, and both buffers hold n16 * 16 bytes (asserted); they are distinct
+        // allocations (one `&` and one `&mut`), so the `__restrict__` promise holds. 512 threads
+        // per block match its `__launch_bounds__(512)`.
+        unsafe {
+            self.launch(
+                KernelId::Bench,
+                "moe_bench_copy",
+                Config::plain(grid, READ_THREADS),
+                a,
+                "bench copy",
+            )
+        }
+    }
+
     /// `moe_bench_spin(long long cycles)`: one block of one thread that waits `cycles` clocks.
     pub(crate) fn bench_spin(&self, cycles: u64) -> Result<(), DeviceError> {
         let mut a = Args::new(self.stream);

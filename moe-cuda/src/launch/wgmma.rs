@@ -27,9 +27,9 @@ const ALIGN_SLACK: u32 = 1024;
 const WG_THREADS: u32 = 160;
 /// Dynamic shared memory of the GEMM: the ring's stages, then 2 x STAGES mbarriers of 8 bytes.
 pub(crate) const GEMM_SMEM: u32 = ALIGN_SLACK + WG_STAGES * (A_BYTES + B_BYTES) + 2 * WG_STAGES * 8;
-/// CTAs per SM the grid is sized for (the kernel's `__launch_bounds__(160, 2)`; 2 x 97 KiB of
-/// shared memory fit in an SM's 228 KiB).
-const CTAS_PER_SM: u32 = 2;
+/// CTAs per SM the grid is sized for (the kernel's `__launch_bounds__(160, 1)`: the k32 partials
+/// summed in f32 need a third accumulator array, so one CTA's registers fill the SM's file).
+const CTAS_PER_SM: u32 = 1;
 
 /// The tensor maps' layouts of `a (E, T, K)` (boxes of 64 rows) and `b (E, N, K)` (boxes of
 /// 128 rows), or the TMA limit that the shape breaks, by tensor and dimension.

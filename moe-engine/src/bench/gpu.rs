@@ -164,7 +164,7 @@ impl Target for GpuTarget {
         out.push(bw(
             "copy",
             copy,
-            format!("cuMemcpyDtoD of {} MiB (read + write counted)", bytes >> 20),
+            format!("16-byte-vector copy kernel over {} MiB (read + write counted)", bytes >> 20),
         ));
         let read = ReadUnit::new(&self.bench, bytes).map_err(|e| e.to_string()).and_then(|u| {
             let t = self.bench.time(u.graph(), &opts).map_err(|e| e.to_string())?;
