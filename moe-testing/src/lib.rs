@@ -6,6 +6,7 @@
 //! - [`strategies`]: proptest strategies that aim at the hard cases on purpose (E4M3 midpoints,
 //!   the 448/464 boundary, the epsilon path, scales just above a power of two, ...), building the
 //!   engine's owned case types (`moe_engine::ops::*Case`).
+//! - [`property`]: the runner of the suites' properties (cases, persistence, every backend).
 //! - [`oracle`]: independent re-statements of the encoders used to check moe-core's.
 //!
 //! The checks themselves (poisoned outputs, dead rows, the SPEC §5.3 bound, bad input rejected
@@ -19,4 +20,5 @@
 #![forbid(unsafe_code)]
 
 pub mod oracle;
+pub mod property;
 pub mod strategies;

@@ -14,6 +14,7 @@
 use moe_core::*;
 use moe_engine::ops::{ExpertsCase, GemmCase, TokenGroupQuantCase};
 use moe_engine::verify::check::check_token_group_quant;
+use moe_engine::verify::tamper::Tampered;
 use moe_ref_cpu::CpuBackend;
 use moe_testing::oracle::e4m3_nearest_ties_away;
 use moe_testing::strategies::{config, token_group_quant_case};
@@ -25,42 +26,36 @@ pub(crate) enum Bug {
     CeilViaLog2,
 }
 
-/// The fast CPU backend with one planted bug in its token-group quantization.
-#[derive(Debug)]
-pub(crate) struct Planted(pub(crate) CpuBackend, pub(crate) Bug);
-
-impl Planted {
-    fn scale(&self, amax: f32, ceil: bool) -> f32 {
+impl Bug {
+    fn scale(self, amax: f32, ceil: bool) -> f32 {
         let s = amax / E4M3_MAX;
-        match (ceil, self.1) {
+        match (ceil, self) {
             (false, _) => s,
             (true, Bug::CeilViaLog2) => s.log2().ceil().exp2(),
             (true, Bug::TiesAway) => ceil_pow2(s),
         }
     }
-    fn encode(&self, v: f32) -> u8 {
-        match self.1 {
+    fn encode(self, v: f32) -> u8 {
+        match self {
             Bug::TiesAway => e4m3_nearest_ties_away(v),
             Bug::CeilViaLog2 => e4m3_from_f32(v),
         }
     }
 }
 
-impl Backend for Planted {
-    fn name(&self) -> &str {
-        "cpu-with-a-planted-bug"
-    }
-    fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], mut s: ScalesMut<'_>) -> MoeResult<()> {
+/// The fast CPU backend `cpu` with one planted bug in its token-group quantization.
+pub(crate) fn planted(cpu: &CpuBackend, bug: Bug) -> Tampered<'_> {
+    Tampered::named("cpu-with-a-planted-bug", cpu).with_token_group_quant(move |inner, p, x, q, mut s| {
         // Correct layout and packing from the real backend; then the planted arithmetic.
-        self.0.token_group_quant(p, x, q, s.reborrow())?;
+        inner.token_group_quant(p, x, q, s.reborrow())?;
         let (rows, groups, k) = (p.rows(), p.groups(), p.k());
         for r in 0..rows {
             for g in 0..groups {
                 let idx = r * k + g * GROUP;
                 let amax = (0..GROUP).fold(1e-10f32, |m, i| m.max(x.get(idx + i).abs()));
-                let sc = self.scale(amax, p.scale_format().is_ceil());
+                let sc = bug.scale(amax, p.scale_format().is_ceil());
                 for i in 0..GROUP {
-                    q[idx + i] = self.encode(x.get(idx + i) / sc);
+                    q[idx + i] = bug.encode(x.get(idx + i) / sc);
                 }
                 if let ScalesMut::F32(v) = &mut s {
                     v[p.layout().index(rows, groups, r, g)] = sc;
@@ -68,40 +63,14 @@ impl Backend for Planted {
             }
         }
         Ok(())
-    }
-    fn batched_token_group_quant(
-        &self,
-        p: &BatchedTokenGroupQuant,
-        x: Activation<'_>,
-        c: &[i32],
-        q: &mut [u8],
-        s: ScalesMut<'_>,
-    ) -> MoeResult<()> {
-        self.0.batched_token_group_quant(p, x, c, q, s)
-    }
-    fn block_quant(&self, p: &BlockQuant, w: Activation<'_>, q: &mut [u8], s: &mut [f32]) -> MoeResult<()> {
-        self.0.block_quant(p, w, q, s)
-    }
-    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], c: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
-        self.0.silu_mul_quant(p, y, c, q, s)
-    }
-    fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
-        self.0.grouped_gemm(p, inputs, d)
-    }
-    fn prepare(&self, p: &Prepare, x: &[bf16], ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, c: &mut [i32]) -> MoeResult<()> {
-        self.0.prepare(p, x, ids, a1q, a1s, c)
-    }
-    fn finalize(&self, p: &Finalize, eo: &[bf16], ids: &[i32], w: &[f32], out: &mut [bf16]) -> MoeResult<()> {
-        self.0.finalize(p, eo, ids, w, out)
-    }
+    })
 }
-
-impl BatchedExperts for Planted {}
 
 /// Runs the suite's token-group property on the planted backend; returns the minimized case and
 /// the failure message.
 fn hunt(bug: Bug) -> (TokenGroupQuantCase, String) {
-    let dut = Planted(CpuBackend::with_threads(1).unwrap(), bug);
+    let cpu = CpuBackend::with_threads(1).unwrap();
+    let dut = planted(&cpu, bug);
     // A fixed seed, no persistence: the outcome must not depend on earlier runs.
     let cfg = Config {
         cases: 512,
@@ -167,7 +136,8 @@ fn run_diff_counts_the_planted_bug_and_passes_the_real_backend() {
         ops: vec![Op::TokenGroupQuant],
         ..DiffOptions::default()
     };
-    let bad = run_diff(&Planted(CpuBackend::with_threads(1).unwrap(), Bug::TiesAway), &opts, |_, _| {});
+    let cpu = CpuBackend::with_threads(1).unwrap();
+    let bad = run_diff(&planted(&cpu, Bug::TiesAway), &opts, |_, _| {});
     assert!(!bad.passed() && bad.ops[0].failed > 0, "{bad:?}");
     assert!(bad.ops[0].failures[0].contains("q:"), "{:?}", bad.ops[0].failures);
     let good = run_diff(
@@ -185,38 +155,14 @@ fn run_diff_counts_the_planted_bug_and_passes_the_real_backend() {
 // ---------------------------------------------------------------------------------------------
 // A GEMM epilogue that truncates instead of rounding.
 
-/// The fast CPU backend whose grouped GEMM takes the reference's exact f32 accumulators and
-/// truncates them toward zero to bf16 (dropping the low 16 bits) instead of rounding to nearest.
-#[derive(Debug)]
-struct TruncatingEpilogue(CpuBackend);
-
-impl Backend for TruncatingEpilogue {
-    fn name(&self) -> &str {
-        "cpu-with-a-truncating-gemm-epilogue"
-    }
-    fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
-        self.0.token_group_quant(p, x, q, s)
-    }
-    fn batched_token_group_quant(
-        &self,
-        p: &BatchedTokenGroupQuant,
-        x: Activation<'_>,
-        c: &[i32],
-        q: &mut [u8],
-        s: ScalesMut<'_>,
-    ) -> MoeResult<()> {
-        self.0.batched_token_group_quant(p, x, c, q, s)
-    }
-    fn block_quant(&self, p: &BlockQuant, w: Activation<'_>, q: &mut [u8], s: &mut [f32]) -> MoeResult<()> {
-        self.0.block_quant(p, w, q, s)
-    }
-    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], c: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
-        self.0.silu_mul_quant(p, y, c, q, s)
-    }
-    fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
+/// The fast CPU backend `cpu` whose grouped GEMM takes the reference's exact f32 accumulators
+/// and truncates them toward zero to bf16 (dropping the low 16 bits) instead of rounding to
+/// nearest.
+fn truncating_epilogue(cpu: &CpuBackend) -> Tampered<'_> {
+    Tampered::named("cpu-with-a-truncating-gemm-epilogue", cpu).with_gemm(move |_, p, inputs, d| {
         p.check(&inputs, d)?;
         let mut acc = vec![0f32; d.len()];
-        self.0.grouped_gemm_accumulators(p, inputs, &mut acc)?;
+        cpu.grouped_gemm_accumulators(p, inputs, &mut acc)?;
         let (t_cap, n) = (p.capacity(), p.n());
         for (e, &c) in inputs.counts.iter().enumerate() {
             for i in e * t_cap * n..(e * t_cap + c as usize) * n {
@@ -229,16 +175,8 @@ impl Backend for TruncatingEpilogue {
             }
         }
         Ok(())
-    }
-    fn prepare(&self, p: &Prepare, x: &[bf16], ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, c: &mut [i32]) -> MoeResult<()> {
-        self.0.prepare(p, x, ids, a1q, a1s, c)
-    }
-    fn finalize(&self, p: &Finalize, eo: &[bf16], ids: &[i32], w: &[f32], out: &mut [bf16]) -> MoeResult<()> {
-        self.0.finalize(p, eo, ids, w, out)
-    }
+    })
 }
-
-impl BatchedExperts for TruncatingEpilogue {}
 
 /// The contract of a bounded backend at the SPEC's ceiling `c = 2^-12` (the CUDA mount's).
 fn bounded() -> moe_engine::GemmContract {
@@ -249,7 +187,8 @@ fn bounded() -> moe_engine::GemmContract {
 fn truncating_gemm_epilogue_passes_the_per_element_bound_but_not_the_rounding_bias_check() {
     use moe_engine::rng::Rng;
     use moe_engine::verify::check::{check_experts, check_gemm, check_gemm_rounding_bias};
-    let dut = TruncatingEpilogue(CpuBackend::with_threads(2).unwrap());
+    let cpu = CpuBackend::with_threads(2).unwrap();
+    let dut = truncating_epilogue(&cpu);
     // Every per-element check passes: truncation is never more than one ulp from the nearest.
     for i in 0..16u64 {
         let c = GemmCase::random(&mut Rng::for_case(31, 0, i), i % 2 == 1);
@@ -283,7 +222,8 @@ fn run_diff_counts_the_truncating_epilogue_in_the_grouped_gemm() {
         gemm_tol: bounded(),
         ops: vec![Op::GroupedGemm],
     };
-    let bad = run_diff(&TruncatingEpilogue(CpuBackend::with_threads(2).unwrap()), &opts, |_, _| {});
+    let cpu = CpuBackend::with_threads(2).unwrap();
+    let bad = run_diff(&truncating_epilogue(&cpu), &opts, |_, _| {});
     assert_eq!(bad.ops[0].failed, 1, "{bad:?}");
     assert!(bad.ops[0].failures[0].starts_with("case 0"), "{:?}", bad.ops[0].failures);
     let good = run_diff(&CpuBackend::with_threads(2).unwrap(), &opts, |_, _| {});
@@ -294,14 +234,19 @@ fn run_diff_counts_the_truncating_epilogue_in_the_grouped_gemm() {
 // ---------------------------------------------------------------------------------------------
 // Row-tile bugs that only shapes past 64 rows can show.
 
-/// The fast CPU backend whose GEMM writes only the first `limit(p)` rows of each expert (a
+/// The fast CPU backend `cpu` whose GEMM writes only the first `limit(p)` rows of each expert (a
 /// kernel that launches too few row tiles); later live rows keep whatever the buffer held.
-struct FirstRowsOnly(CpuBackend, fn(&GroupedGemm) -> usize);
-
-impl std::fmt::Debug for FirstRowsOnly {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FirstRowsOnly")
-    }
+fn first_rows_only(cpu: &CpuBackend, limit: fn(&GroupedGemm) -> usize) -> Tampered<'_> {
+    Tampered::named("cpu-with-too-few-row-tiles", cpu).with_gemm(move |inner, p, inputs, d| {
+        let mut full = d.to_vec();
+        inner.grouped_gemm(p, inputs, &mut full)?;
+        let (t_cap, n, rows) = (p.capacity(), p.n(), limit(p).min(p.capacity()));
+        for e in 0..p.experts() {
+            let r = (e * t_cap) * n..(e * t_cap + rows) * n;
+            d[r.clone()].copy_from_slice(&full[r]);
+        }
+        Ok(())
+    })
 }
 
 /// One 64-row tile per expert, whatever the counts.
@@ -314,51 +259,8 @@ fn tiles_from_expected_m(p: &GroupedGemm) -> usize {
     p.expected_m().unwrap_or(p.capacity()).div_ceil(64) * 64
 }
 
-impl Backend for FirstRowsOnly {
-    fn name(&self) -> &str {
-        "cpu-with-too-few-row-tiles"
-    }
-    fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
-        self.0.token_group_quant(p, x, q, s)
-    }
-    fn batched_token_group_quant(
-        &self,
-        p: &BatchedTokenGroupQuant,
-        x: Activation<'_>,
-        c: &[i32],
-        q: &mut [u8],
-        s: ScalesMut<'_>,
-    ) -> MoeResult<()> {
-        self.0.batched_token_group_quant(p, x, c, q, s)
-    }
-    fn block_quant(&self, p: &BlockQuant, w: Activation<'_>, q: &mut [u8], s: &mut [f32]) -> MoeResult<()> {
-        self.0.block_quant(p, w, q, s)
-    }
-    fn silu_mul_quant(&self, p: &SiluMulQuant, y: &[bf16], c: &[i32], q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
-        self.0.silu_mul_quant(p, y, c, q, s)
-    }
-    fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
-        let mut full = d.to_vec();
-        self.0.grouped_gemm(p, inputs, &mut full)?;
-        let (t_cap, n, rows) = (p.capacity(), p.n(), (self.1)(p).min(p.capacity()));
-        for e in 0..p.experts() {
-            let r = (e * t_cap) * n..(e * t_cap + rows) * n;
-            d[r.clone()].copy_from_slice(&full[r]);
-        }
-        Ok(())
-    }
-    fn prepare(&self, p: &Prepare, x: &[bf16], ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, c: &mut [i32]) -> MoeResult<()> {
-        self.0.prepare(p, x, ids, a1q, a1s, c)
-    }
-    fn finalize(&self, p: &Finalize, eo: &[bf16], ids: &[i32], w: &[f32], out: &mut [bf16]) -> MoeResult<()> {
-        self.0.finalize(p, eo, ids, w, out)
-    }
-}
-
-impl BatchedExperts for FirstRowsOnly {}
-
 /// Runs `strategy` through `check_gemm` on `dut` for `cases` cases; the failure, if any.
-fn gemm_property(dut: &FirstRowsOnly, strategy: impl proptest::strategy::Strategy<Value = GemmCase>, cases: u32) -> Option<String> {
+fn gemm_property(dut: &Tampered<'_>, strategy: impl proptest::strategy::Strategy<Value = GemmCase>, cases: u32) -> Option<String> {
     use moe_engine::verify::check::check_gemm;
     let cfg = Config {
         cases,
@@ -383,7 +285,8 @@ fn gemm_property(dut: &FirstRowsOnly, strategy: impl proptest::strategy::Strateg
 #[test]
 fn one_row_tile_per_expert_passes_the_small_cases_and_is_caught_at_tile_edges() {
     use moe_testing::strategies::{gemm_case, gemm_tile_edge_case};
-    let dut = FirstRowsOnly(CpuBackend::with_threads(2).unwrap(), one_row_tile);
+    let cpu = CpuBackend::with_threads(2).unwrap();
+    let dut = first_rows_only(&cpu, one_row_tile);
     // The ordinary strategy (T <= 7) cannot see it, however many cases it draws.
     assert_eq!(gemm_property(&dut, gemm_case(), 64), None);
     // The tile-edge strategy, with the suites' fixed number of cases, does.
@@ -401,7 +304,8 @@ fn one_row_tile_per_expert_passes_the_small_cases_and_is_caught_at_tile_edges() 
 fn row_tiles_sized_from_expected_m_are_caught_by_the_expected_m_cases() {
     use moe_engine::rng::Rng;
     use moe_engine::verify::check::check_gemm_independent_of_expected_m;
-    let dut = FirstRowsOnly(CpuBackend::with_threads(2).unwrap(), tiles_from_expected_m);
+    let cpu = CpuBackend::with_threads(2).unwrap();
+    let dut = first_rows_only(&cpu, tiles_from_expected_m);
     // The old test: one small case, hints 1, 16, 64, 4096: passes.
     let small = GemmCase::random(&mut Rng::for_case(32, 0, 0), false);
     check_gemm_independent_of_expected_m(&dut, &small, bounded(), &[1, 16, 64, 4096]).unwrap();

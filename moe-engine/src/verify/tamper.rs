@@ -1,8 +1,9 @@
 //! A backend with a planted GEMM bug, for proving that a check can fail.
 //!
 //! [`Tampered`] runs every operation on an inner backend and then lets a hook rewrite the output
-//! of each grouped GEMM: a check that passes `Tampered` with a hook that breaks the contract is a
-//! check that cannot catch that bug. Used by the engine's and moe-testing's planted-bug tests.
+//! of each grouped GEMM, or replaces the grouped GEMM or the token-group quantization: a check
+//! that passes `Tampered` with a hook that breaks the contract is a check that cannot catch that
+//! bug. Used by the engine's and moe-testing's planted-bug tests.
 
 use moe_core::{
     bf16, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Prepare,
@@ -12,10 +13,20 @@ use moe_core::{
 /// The hook: the problem, its inputs and the output the inner backend wrote.
 pub type GemmHook = dyn Fn(&GroupedGemm, &GemmInputs<'_>, &mut [bf16]) + Send + Sync;
 
-/// `inner` with every grouped GEMM's output passed through `hook`.
+/// A replacement grouped GEMM, given the inner backend.
+pub type GemmFn<'a> = dyn Fn(&dyn BatchedExperts, &GroupedGemm, GemmInputs<'_>, &mut [bf16]) -> MoeResult<()> + Send + Sync + 'a;
+
+/// A replacement token-group quantization, given the inner backend.
+pub type TokenGroupQuantFn<'a> =
+    dyn Fn(&dyn BatchedExperts, &TokenGroupQuant, Activation<'_>, &mut [u8], ScalesMut<'_>) -> MoeResult<()> + Send + Sync + 'a;
+
+/// `inner` with its grouped GEMM and its token-group quantization replaced or rewritten; every
+/// other operation delegates to `inner`.
 pub struct Tampered<'a> {
     inner: &'a dyn BatchedExperts,
-    hook: Box<GemmHook>,
+    name: &'a str,
+    gemm: Option<Box<GemmFn<'a>>>,
+    token_group_quant: Option<Box<TokenGroupQuantFn<'a>>>,
 }
 
 impl std::fmt::Debug for Tampered<'_> {
@@ -27,19 +38,51 @@ impl std::fmt::Debug for Tampered<'_> {
 impl<'a> Tampered<'a> {
     /// `inner`, with `hook` applied to every grouped GEMM output.
     pub fn new(inner: &'a dyn BatchedExperts, hook: impl Fn(&GroupedGemm, &GemmInputs<'_>, &mut [bf16]) + Send + Sync + 'static) -> Self {
+        Self::named("tampered", inner).with_gemm(move |inner, p, inputs, d| {
+            inner.grouped_gemm(p, inputs, d)?;
+            hook(p, &inputs, d);
+            Ok(())
+        })
+    }
+
+    /// `inner` unchanged, under the name `name` (add the bugs with the `with_*` methods).
+    pub fn named(name: &'a str, inner: &'a dyn BatchedExperts) -> Self {
         Self {
             inner,
-            hook: Box::new(hook),
+            name,
+            gemm: None,
+            token_group_quant: None,
         }
+    }
+
+    /// The grouped GEMM replaced by `gemm`.
+    pub fn with_gemm(
+        mut self,
+        gemm: impl Fn(&dyn BatchedExperts, &GroupedGemm, GemmInputs<'_>, &mut [bf16]) -> MoeResult<()> + Send + Sync + 'a,
+    ) -> Self {
+        self.gemm = Some(Box::new(gemm));
+        self
+    }
+
+    /// The token-group quantization replaced by `quant`.
+    pub fn with_token_group_quant(
+        mut self,
+        quant: impl Fn(&dyn BatchedExperts, &TokenGroupQuant, Activation<'_>, &mut [u8], ScalesMut<'_>) -> MoeResult<()> + Send + Sync + 'a,
+    ) -> Self {
+        self.token_group_quant = Some(Box::new(quant));
+        self
     }
 }
 
 impl Backend for Tampered<'_> {
     fn name(&self) -> &str {
-        "tampered"
+        self.name
     }
     fn token_group_quant(&self, p: &TokenGroupQuant, x: Activation<'_>, q: &mut [u8], s: ScalesMut<'_>) -> MoeResult<()> {
-        self.inner.token_group_quant(p, x, q, s)
+        match &self.token_group_quant {
+            Some(quant) => quant(self.inner, p, x, q, s),
+            None => self.inner.token_group_quant(p, x, q, s),
+        }
     }
     fn batched_token_group_quant(
         &self,
@@ -58,9 +101,10 @@ impl Backend for Tampered<'_> {
         self.inner.silu_mul_quant(p, y, c, q, s)
     }
     fn grouped_gemm(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16]) -> MoeResult<()> {
-        self.inner.grouped_gemm(p, inputs, d)?;
-        (self.hook)(p, &inputs, d);
-        Ok(())
+        match &self.gemm {
+            Some(gemm) => gemm(self.inner, p, inputs, d),
+            None => self.inner.grouped_gemm(p, inputs, d),
+        }
     }
     fn prepare(&self, p: &Prepare, x: &[bf16], ids: &[i32], a1q: &mut [u8], a1s: ScalesMut<'_>, c: &mut [i32]) -> MoeResult<()> {
         self.inner.prepare(p, x, ids, a1q, a1s, c)

@@ -5,39 +5,29 @@
 use moe_engine::ops::*;
 use moe_engine::rng::Rng;
 use moe_engine::verify::check::*;
+use moe_testing::property::property_with;
 use moe_testing::strategies::{self, config};
-use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
 
 use super::{duts_or_skip, GEMM_TOL};
 
 #[test]
 fn experts_stages_match_on_arbitrary_codes_and_scales() {
-    let Some(duts) = duts_or_skip("experts_stages_match_on_arbitrary_codes_and_scales") else {
-        return;
-    };
+    let duts = duts_or_skip("experts_stages_match_on_arbitrary_codes_and_scales");
     let cfg = proptest::test_runner::Config {
         cases: (config().cases / 3).max(4),
         ..config()
     };
-    proptest!(cfg, |(c in strategies::experts_case())| {
-        on_each(duts, |d| check_experts(d, &c, GEMM_TOL)).map_err(TestCaseError::fail)?;
-    });
+    property_with(cfg, duts, strategies::experts_case(), |d, c| check_experts(d, c, GEMM_TOL));
 }
 
 /// The experts stage at the GEMM kernels' tile edges (T from 129 to 300, K and I of 256 or
 /// more, counts at tile edges); a fixed number of cases, as the GEMM's tile-edge property.
 #[test]
 fn experts_stages_match_at_tile_edges() {
-    let Some(duts) = duts_or_skip("experts_stages_match_at_tile_edges") else {
-        return;
-    };
-    let cfg = proptest::test_runner::Config {
-        cases: super::gemm::TILE_EDGE_CASES,
-        ..config()
-    };
-    proptest!(cfg, |(c in strategies::experts_tile_edge_case())| {
-        on_each(duts, |d| check_experts(d, &c, GEMM_TOL)).map_err(TestCaseError::fail)?;
+    let duts = duts_or_skip("experts_stages_match_at_tile_edges");
+    let cfg = super::gemm::tile_edge_config();
+    property_with(cfg, duts, strategies::experts_tile_edge_case(), |d, c| {
+        check_experts(d, c, GEMM_TOL)
     });
 }
 

@@ -4,20 +4,15 @@
 use moe_engine::ops::*;
 use moe_engine::rng::Rng;
 use moe_engine::verify::check::*;
+use moe_testing::property::{property, property_with};
 use moe_testing::strategies::{self, config};
-use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
 
 use super::{duts_or_skip, GEMM_TOL};
 
 #[test]
 fn grouped_gemm_is_within_the_bound_on_arbitrary_codes_and_scales() {
-    let Some(duts) = duts_or_skip("grouped_gemm_is_within_the_bound_on_arbitrary_codes_and_scales") else {
-        return;
-    };
-    proptest!(config(), |(c in strategies::gemm_case())| {
-        on_each(duts, |d| check_gemm(d, &c, GEMM_TOL)).map_err(TestCaseError::fail)?;
-    });
+    let duts = duts_or_skip("grouped_gemm_is_within_the_bound_on_arbitrary_codes_and_scales");
+    property(duts, strategies::gemm_case(), |d, c| check_gemm(d, c, GEMM_TOL));
 }
 
 #[test]
@@ -62,17 +57,19 @@ fn grouped_gemm_result_does_not_depend_on_expected_m() {
 /// 2^27 multiply-adds (about a second for all of them on two cores).
 pub(crate) const TILE_EDGE_CASES: u32 = 8;
 
-#[test]
-fn grouped_gemm_is_within_the_bound_at_tile_edges() {
-    let Some(duts) = duts_or_skip("grouped_gemm_is_within_the_bound_at_tile_edges") else {
-        return;
-    };
-    let cfg = proptest::test_runner::Config {
+/// The configuration of the tile-edge properties: [`TILE_EDGE_CASES`] cases.
+pub(crate) fn tile_edge_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
         cases: TILE_EDGE_CASES,
         ..config()
-    };
-    proptest!(cfg, |(c in strategies::gemm_tile_edge_case())| {
-        on_each(duts, |d| check_gemm(d, &c, GEMM_TOL)).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn grouped_gemm_is_within_the_bound_at_tile_edges() {
+    let duts = duts_or_skip("grouped_gemm_is_within_the_bound_at_tile_edges");
+    property_with(tile_edge_config(), duts, strategies::gemm_tile_edge_case(), |d, c| {
+        check_gemm(d, c, GEMM_TOL)
     });
 }
 

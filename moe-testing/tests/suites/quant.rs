@@ -7,44 +7,36 @@ use moe_core::Backend;
 use moe_engine::ops::*;
 use moe_engine::rng::Rng;
 use moe_engine::verify::check::*;
-use moe_testing::strategies::{self, config};
-use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
+use moe_testing::property::property;
+use moe_testing::strategies;
 
 use super::duts_or_skip;
 
-fn fail(e: String) -> TestCaseError {
-    TestCaseError::fail(e)
-}
-
 #[test]
 fn token_group_quant_is_bit_exact_on_hard_groups() {
-    let Some(duts) = duts_or_skip("token_group_quant_is_bit_exact_on_hard_groups") else {
-        return;
-    };
-    proptest!(config(), |(c in strategies::token_group_quant_case())| {
-        on_each(duts, |d| check_token_group_quant(d, &c)).map_err(fail)?;
-    });
+    property(
+        duts_or_skip("token_group_quant_is_bit_exact_on_hard_groups"),
+        strategies::token_group_quant_case(),
+        check_token_group_quant,
+    );
 }
 
 #[test]
 fn batched_quant_is_bit_exact_and_leaves_dead_rows() {
-    let Some(duts) = duts_or_skip("batched_quant_is_bit_exact_and_leaves_dead_rows") else {
-        return;
-    };
-    proptest!(config(), |(c in strategies::batched_quant_case())| {
-        on_each(duts, |d| check_batched_quant(d, &c)).map_err(fail)?;
-    });
+    property(
+        duts_or_skip("batched_quant_is_bit_exact_and_leaves_dead_rows"),
+        strategies::batched_quant_case(),
+        check_batched_quant,
+    );
 }
 
 #[test]
 fn block_quant_is_bit_exact_with_ragged_edges() {
-    let Some(duts) = duts_or_skip("block_quant_is_bit_exact_with_ragged_edges") else {
-        return;
-    };
-    proptest!(config(), |(c in strategies::block_quant_case())| {
-        on_each(duts, |d| check_block_quant(d, &c)).map_err(fail)?;
-    });
+    property(
+        duts_or_skip("block_quant_is_bit_exact_with_ragged_edges"),
+        strategies::block_quant_case(),
+        check_block_quant,
+    );
 }
 
 #[test]

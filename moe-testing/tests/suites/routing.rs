@@ -4,32 +4,27 @@
 use moe_engine::ops::*;
 use moe_engine::rng::Rng;
 use moe_engine::verify::check::*;
-use moe_testing::strategies::{self, config};
-use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
+use moe_testing::property::property;
+use moe_testing::strategies;
 
 use super::duts_or_skip;
 
 #[test]
 fn prepare_is_bit_exact_with_unrouted_and_repeated_ids() {
-    let Some(duts) = duts_or_skip("prepare_is_bit_exact_with_unrouted_and_repeated_ids") else {
-        return;
-    };
-    proptest!(config(), |(c in strategies::prepare_case())| {
-        on_each(duts, |d| check_prepare(d, &c)).map_err(TestCaseError::fail)?;
-        on_each(duts, |d| check_prepare_rejects(d, &c)).map_err(TestCaseError::fail)?;
-    });
+    property(
+        duts_or_skip("prepare_is_bit_exact_with_unrouted_and_repeated_ids"),
+        strategies::prepare_case(),
+        |d, c| check_prepare(d, c).and_then(|_| check_prepare_rejects(d, c)),
+    );
 }
 
 #[test]
 fn finalize_is_bit_exact_with_special_values() {
-    let Some(duts) = duts_or_skip("finalize_is_bit_exact_with_special_values") else {
-        return;
-    };
-    proptest!(config(), |(c in strategies::finalize_case())| {
-        on_each(duts, |d| check_finalize(d, &c)).map_err(TestCaseError::fail)?;
-        on_each(duts, |d| check_finalize_rejects(d, &c)).map_err(TestCaseError::fail)?;
-    });
+    property(
+        duts_or_skip("finalize_is_bit_exact_with_special_values"),
+        strategies::finalize_case(),
+        |d, c| check_finalize(d, c).and_then(|_| check_finalize_rejects(d, c)),
+    );
 }
 
 #[test]

@@ -4,20 +4,18 @@
 use moe_engine::ops::*;
 use moe_engine::rng::Rng;
 use moe_engine::verify::check::*;
-use moe_testing::strategies::{self, config};
-use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
+use moe_testing::property::property;
+use moe_testing::strategies;
 
 use super::duts_or_skip;
 
 #[test]
 fn silu_mul_quant_is_bit_exact_in_both_numerics_and_every_format() {
-    let Some(duts) = duts_or_skip("silu_mul_quant_is_bit_exact_in_both_numerics_and_every_format") else {
-        return;
-    };
-    proptest!(config(), |(c in strategies::silu_mul_quant_case())| {
-        on_each(duts, |d| check_silu_mul_quant(d, &c)).map_err(TestCaseError::fail)?;
-    });
+    property(
+        duts_or_skip("silu_mul_quant_is_bit_exact_in_both_numerics_and_every_format"),
+        strategies::silu_mul_quant_case(),
+        check_silu_mul_quant,
+    );
 }
 
 #[test]
