@@ -26,6 +26,37 @@ use crate::stage::{self, Activations, Weights, Work};
 
 mod wgmma;
 
+/// A grouped GEMM's operands on the device: `a`, its scales (as words), `b`, its scales, the
+/// counts, and `d` (uploaded too, so that rows past the counts round-trip unchanged).
+struct GemmOperands {
+    a: CudaSlice<u8>,
+    sa: CudaSlice<u32>,
+    b: CudaSlice<u8>,
+    sb: CudaSlice<f32>,
+    counts: CudaSlice<i32>,
+    d: CudaSlice<u16>,
+}
+
+impl GemmOperands {
+    /// Uploads checked `inputs` and `d` on `stream` (the caller holds the backend's lock).
+    fn upload(stream: &Arc<CudaStream>, inputs: GemmInputs<'_>, d: &[bf16], op: &'static str) -> Result<Self, DeviceError> {
+        let GemmInputs {
+            a,
+            sa,
+            b: WeightsRef { q: b, s: sb },
+            counts,
+        } = inputs;
+        Ok(GemmOperands {
+            a: upload(stream, a, op)?,
+            sa: upload(stream, scale_words(&sa), op)?,
+            b: upload(stream, b, op)?,
+            sb: upload(stream, sb, op)?,
+            counts: upload(stream, counts, op)?,
+            d: upload(stream, bf16_bits(d), op)?,
+        })
+    }
+}
+
 /// The CUDA backend: one GPU (an H100 or H200), one stream, kernels compiled on first use.
 ///
 /// Host-slice calls are serialized by an internal lock; each is synchronous. Each writes its
@@ -107,36 +138,25 @@ impl CudaBackend {
     pub fn grouped_gemm_variant(&self, p: &GroupedGemm, inputs: GemmInputs<'_>, d: &mut [bf16], chain: bool) -> MoeResult<()> {
         const OP: &str = "grouped gemm";
         p.check(&inputs, d)?;
-        let GemmInputs {
-            a,
-            sa,
-            b: WeightsRef { q: b, s: sb },
-            counts,
-        } = inputs;
         let (e, t, n, k) = (p.experts(), p.capacity(), p.n(), p.k());
         limits::grouped_gemm(e, t, n, k)?;
         let _g = self.guard();
         let s = &self.stream;
-        let a_d = upload(s, a, OP)?;
-        let sa_d = upload(s, scale_words(&sa), OP)?;
-        let b_d = upload(s, b, OP)?;
-        let sb_d = upload(s, sb, OP)?;
-        let c_d = upload(s, counts, OP)?;
-        let mut d_d = upload(s, bf16_bits(d), OP)?;
-        let (_prefix, tiles) = self.counts_prefix(&c_d, e, t, OP)?;
+        let mut g = GemmOperands::upload(s, inputs, d, OP)?;
+        let (_prefix, tiles) = self.counts_prefix(&g.counts, e, t, OP)?;
         self.launcher().grouped_gemm(
-            &a_d,
-            &sa_d,
+            &g.a,
+            &g.sa,
             p.scale_format(),
-            &b_d,
-            &sb_d,
-            &mut d_d,
-            &c_d,
+            &g.b,
+            &g.sb,
+            &mut g.d,
+            &g.counts,
             &tiles,
             (e, t, n, k),
             chain,
         )?;
-        commit1(|| fetch(s, &d_d, OP), bf16_bits_mut(d), || sync(&self.dev, s, OP))?;
+        commit1(|| fetch(s, &g.d, OP), bf16_bits_mut(d), || sync(&self.dev, s, OP))?;
         Ok(())
     }
 

@@ -167,6 +167,28 @@ fn need<T>(buf: &CudaSlice<T>, n: usize, what: &str) {
     );
 }
 
+/// Asserts the lengths of a grouped GEMM's operands for `(E, T, N, K)`: `a (E, T, K)`,
+/// `sa (E, sa_cols, T)`, `b (E, N, K)`, `sb (E, N/128, K/128)`, `d (E, T, N)` and `counts (E)`.
+#[track_caller]
+#[allow(clippy::too_many_arguments)]
+fn need_gemm(
+    a: &CudaSlice<u8>,
+    sa: &CudaSlice<u32>,
+    sa_cols: usize,
+    bw: &CudaSlice<u8>,
+    sb: &CudaSlice<f32>,
+    d: &CudaSlice<u16>,
+    counts: &CudaSlice<i32>,
+    (e, t, n, k): (usize, usize, usize, usize),
+) {
+    need(a, e * t * k, "a");
+    need(sa, e * sa_cols * t, "sa");
+    need(bw, e * n * k, "b");
+    need(sb, e * (n / GROUP) * (k / GROUP), "sb");
+    need(d, e * t * n, "d");
+    need(counts, e, "counts");
+}
+
 #[track_caller]
 fn int(v: usize) -> i32 {
     i32::try_from(v).expect("moe-cuda bug: a dimension past i32 reached a launch (the entry points reject it)")
@@ -408,12 +430,7 @@ impl Launcher<'_> {
     ) -> Result<(), DeviceError> {
         assert!(n % GROUP == 0 && k % GROUP == 0 && GROUP % GEMM_BN == 0);
         let kb = k / GROUP;
-        need(a, e * t * k, "a");
-        need(sa, e * sa_fmt.columns(kb) * t, "sa");
-        need(bw, e * n * k, "b");
-        need(sb, e * (n / GROUP) * kb, "sb");
-        need(d, e * t * n, "d");
-        need(counts, e, "counts");
+        need_gemm(a, sa, sa_fmt.columns(kb), bw, sb, d, counts, (e, t, n, k));
         need(tile_prefix, e + 1, "tile_prefix");
         let name = if chain { "moe_grouped_gemm" } else { "moe_grouped_gemm_k32" };
         let mut args = Args::new(self.stream);

@@ -37,31 +37,26 @@ pub mod kernels;
 
 pub use kernels::{KernelId, NVRTC_OPTIONS};
 
-#[cfg(feature = "cuda")]
-mod backend;
-#[cfg(feature = "cuda")]
-pub mod bench;
-#[cfg(feature = "cuda")]
-pub mod compile;
-#[cfg(feature = "cuda")]
-mod device;
-#[cfg(feature = "cuda")]
-mod launch;
-#[cfg(feature = "cuda")]
-mod limits;
-#[cfg(feature = "cuda")]
-mod memory;
-#[cfg(feature = "cuda")]
-mod resident;
-#[cfg(feature = "cuda")]
-mod stage;
-#[cfg(feature = "cuda")]
-mod tma;
+/// Items that exist only with the `cuda` feature.
+macro_rules! with_cuda {
+    ($($item:item)*) => { $(#[cfg(feature = "cuda")] $item)* };
+}
 
-#[cfg(feature = "cuda")]
-pub use backend::CudaBackend;
-#[cfg(feature = "cuda")]
-pub use resident::{CountsMode, ResidentExperts};
+with_cuda! {
+    mod backend;
+    pub mod bench;
+    pub mod compile;
+    mod device;
+    mod launch;
+    mod limits;
+    mod memory;
+    mod resident;
+    mod stage;
+    mod tma;
+
+    pub use backend::CudaBackend;
+    pub use resident::{CountsMode, ResidentExperts};
+}
 
 /// Whether this build contains the CUDA backend (the `cuda` feature).
 pub const ENABLED: bool = cfg!(feature = "cuda");

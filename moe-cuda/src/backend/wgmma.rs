@@ -3,12 +3,12 @@
 //! the GPU validation of this path (tests/wgmma.rs).
 
 use half::bf16;
-use moe_core::{GemmInputs, GroupedGemm, MoeResult, WeightsRef};
+use moe_core::{GemmInputs, GroupedGemm, MoeResult};
 
-use super::CudaBackend;
+use super::{CudaBackend, GemmOperands};
 use crate::launch::gemm_layouts;
 use crate::limits;
-use crate::memory::{alloc, bf16_bits, bf16_bits_mut, commit1, fetch, scale_words, sync, upload};
+use crate::memory::{alloc, bf16_bits_mut, commit1, fetch, sync, upload};
 
 /// Bytes of one probe box: 64 rows of 128 bytes.
 const BOX_BYTES: usize = 64 * 128;
@@ -29,26 +29,15 @@ impl CudaBackend {
         if p.scale_format().is_packed() {
             return self.grouped_gemm_variant(p, inputs, d, true);
         }
-        let GemmInputs {
-            a,
-            sa,
-            b: WeightsRef { q: b, s: sb },
-            counts,
-        } = inputs;
         let (e, t, n, k) = (p.experts(), p.capacity(), p.n(), p.k());
         limits::grouped_gemm(e, t, n, k)?;
         gemm_layouts(e, t, n, k)?;
         let _g = self.guard();
         let s = &self.stream;
-        let a_d = upload(s, a, OP)?;
-        let sa_d = upload(s, scale_words(&sa), OP)?;
-        let b_d = upload(s, b, OP)?;
-        let sb_d = upload(s, sb, OP)?;
-        let c_d = upload(s, counts, OP)?;
-        let mut d_d = upload(s, bf16_bits(d), OP)?;
+        let mut g = GemmOperands::upload(s, inputs, d, OP)?;
         self.launcher()
-            .grouped_gemm_wgmma(&a_d, &sa_d, &b_d, &sb_d, &mut d_d, &c_d, (e, t, n, k))?;
-        commit1(|| fetch(s, &d_d, OP), bf16_bits_mut(d), || sync(&self.dev, s, OP))?;
+            .grouped_gemm_wgmma(&g.a, &g.sa, &g.b, &g.sb, &mut g.d, &g.counts, (e, t, n, k))?;
+        commit1(|| fetch(s, &g.d, OP), bf16_bits_mut(d), || sync(&self.dev, s, OP))?;
         Ok(())
     }
 

@@ -8,7 +8,7 @@
 use cudarc::driver::{CudaSlice, DevicePtr};
 use moe_core::{DeviceError, ProblemError, GROUP};
 
-use super::{need, Arg, Args, Config, Launcher};
+use super::{need, need_gemm, Arg, Args, Config, Launcher};
 use crate::kernels::KernelId;
 use crate::tma::TiledE4m3;
 
@@ -84,13 +84,7 @@ impl Launcher<'_> {
         const OP: &str = "grouped gemm (wgmma)";
         assert!(n % WG_BN == 0 && k % GROUP == 0, "moe-cuda bug: N = {n}, K = {k}");
         let (la, lb) = gemm_layouts(e, t, n, k).expect("moe-cuda bug: the entry point validated the TMA layouts");
-        let kb = k / GROUP;
-        need(a, e * t * k, "a");
-        need(sa, e * kb * t, "sa");
-        need(bw, e * n * k, "b");
-        need(sb, e * (n / GROUP) * kb, "sb");
-        need(d, e * t * n, "d");
-        need(counts, e, "counts");
+        need_gemm(a, sa, k / GROUP, bw, sb, d, counts, (e, t, n, k));
         let mut args = Args::new(self.stream);
         args.tensor_map(a, &la, OP)?.tensor_map(bw, &lb, OP)?;
         args.buf(sa).buf(sb).buf_mut(d).buf(counts).dim(e).dim(t).dim(n).dim(k);

@@ -218,6 +218,14 @@ pub fn check_bits<T: PartialEq>(what: &str, got: &[T], want: &[T]) -> Check {
     }
 }
 
+/// Both checks: passed when both passed, with both details.
+pub fn check_both(a: Check, b: Check) -> Check {
+    Check {
+        ok: a.ok && b.ok,
+        detail: format!("{}; {}", a.detail, b.detail),
+    }
+}
+
 /// The check of a CPU run: the CPU backend is the reference.
 pub fn cpu_is_reference() -> Check {
     Check {

@@ -29,6 +29,12 @@ pub struct GpuTarget {
 const SILU_CONFIG: &str = "persistent grid of 16 x SMs blocks of 256 threads over live rows (fixed)";
 const QUANT_CONFIG: &str = "grid-stride, 256 threads per block (fixed)";
 
+/// Times `g` where a failure is reported as text (the ceilings and the baseline).
+fn time_text(bench: &mut Bench, g: &Graph, opts: &TimingOptions) -> Result<Stats, String> {
+    let t = bench.time(g, opts).map_err(|e| e.to_string())?;
+    Stats::from_samples(&t.flushed_us, &t.warm_us).ok_or_else(|| "no samples".into())
+}
+
 impl GpuTarget {
     /// The harness on `backend`'s GPU; cuBLASLt is opened now (its absence is recorded).
     pub fn new(backend: &CudaBackend, flush_bytes: usize) -> Result<Self, EngineError> {
@@ -48,6 +54,23 @@ impl GpuTarget {
     fn time(&mut self, cfg: &BenchConfig, g: &Graph) -> Result<Stats, EngineError> {
         let t = self.bench.time(g, &Self::opts(cfg))?;
         Stats::from_samples(&t.flushed_us, &t.warm_us).ok_or_else(|| crate::InputError::Usage("--samples must be at least 1".into()).into())
+    }
+
+    /// Times `unit`'s graph, then downloads its output with `download`.
+    fn measure<U, T, E>(
+        &mut self,
+        cfg: &BenchConfig,
+        unit: &U,
+        graph: fn(&U) -> &Graph,
+        download: fn(&U, &Bench) -> Result<T, E>,
+        config: String,
+    ) -> Result<Measured<T>, EngineError>
+    where
+        EngineError: From<E>,
+    {
+        let stats = self.time(cfg, graph(unit))?;
+        let out = download(unit, &self.bench)?;
+        Ok(Measured { stats, out, config })
     }
 
     fn device_weights(&mut self, w: &Arc<HostWeights>) -> Result<Arc<GemmWeights>, EngineError> {
@@ -157,19 +180,17 @@ impl Target for GpuTarget {
                 detail: e,
             },
         };
-        let copy = CopyUnit::new(&self.bench, bytes).map_err(|e| e.to_string()).and_then(|u| {
-            let t = self.bench.time(u.graph(), &opts).map_err(|e| e.to_string())?;
-            Ok((Stats::from_samples(&t.flushed_us, &t.warm_us).ok_or("no samples")?, u.bytes_moved()))
-        });
+        let copy = CopyUnit::new(&self.bench, bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|u| Ok((time_text(&mut self.bench, u.graph(), &opts)?, u.bytes_moved())));
         out.push(bw(
             "copy",
             copy,
             format!("16-byte-vector copy kernel over {} MiB (read + write counted)", bytes >> 20),
         ));
-        let read = ReadUnit::new(&self.bench, bytes).map_err(|e| e.to_string()).and_then(|u| {
-            let t = self.bench.time(u.graph(), &opts).map_err(|e| e.to_string())?;
-            Ok((Stats::from_samples(&t.flushed_us, &t.warm_us).ok_or("no samples")?, u.bytes_moved()))
-        });
+        let read = ReadUnit::new(&self.bench, bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|u| Ok((time_text(&mut self.bench, u.graph(), &opts)?, u.bytes_moved())));
         out.push(bw("read", read, format!("read-only streaming kernel over {} MiB", bytes >> 20)));
         out.push(self.dense(cfg, LtScaling::PerTensor, "fp8-gemm-per-tensor"));
         out.push(self.dense(cfg, LtScaling::Block, "fp8-gemm-block"));
@@ -179,21 +200,14 @@ impl Target for GpuTarget {
     fn gemm(&mut self, cfg: &BenchConfig, g: &GemmData) -> Result<Measured<Vec<bf16>>, EngineError> {
         let w = self.device_weights(&g.w)?;
         let unit = GemmUnit::new(&self.bench, &g.p, w, &g.a, Scales::F32(&g.sa), &g.counts)?;
-        let stats = self.time(cfg, unit.graph())?;
-        let out = unit.download_d(&self.bench)?;
-        Ok(Measured {
-            stats,
-            out,
-            config: gemm_config(),
-        })
+        self.measure(cfg, &unit, GemmUnit::graph, GemmUnit::download_d, gemm_config())
     }
 
     fn gemm_baseline(&mut self, cfg: &BenchConfig, g: &GemmData) -> Result<Measured<Vec<bf16>>, String> {
         let w = self.device_weights(&g.w).map_err(|e| e.to_string())?;
         let lt = self.lt.as_ref().map_err(|e| e.clone())?;
         let unit = LtLoopUnit::new(&self.bench, lt, w, g.p.capacity(), &g.a, &g.sa, &g.counts).map_err(|e| e.to_string())?;
-        let t = self.bench.time(unit.graph(), &Self::opts(cfg)).map_err(|e| e.to_string())?;
-        let stats = Stats::from_samples(&t.flushed_us, &t.warm_us).ok_or("no samples")?;
+        let stats = time_text(&mut self.bench, unit.graph(), &Self::opts(cfg))?;
         let out = unit.download_d(&self.bench).map_err(|e| e.to_string())?;
         Ok(Measured {
             stats,
@@ -213,24 +227,18 @@ impl Target for GpuTarget {
         counts: &[i32],
     ) -> Result<Measured<(Vec<u8>, ScaleBuf)>, EngineError> {
         let unit = SiluUnit::new(&self.bench, p, y, counts)?;
-        let stats = self.time(cfg, unit.graph())?;
-        let out = unit.download(&self.bench)?;
-        Ok(Measured {
-            stats,
-            out,
-            config: SILU_CONFIG.into(),
-        })
+        self.measure(cfg, &unit, SiluUnit::graph, SiluUnit::download, SILU_CONFIG.into())
     }
 
     fn prepare(&mut self, cfg: &BenchConfig, p: &Prepare, x: &[bf16], ids: &[i32]) -> Result<Measured<(Vec<u8>, ScaleBuf)>, EngineError> {
         let unit = PrepareUnit::new(&self.bench, p, x, ids)?;
-        let stats = self.time(cfg, unit.graph())?;
-        let out = unit.download(&self.bench)?;
-        Ok(Measured {
-            stats,
-            out,
-            config: format!("gathered token-group quant, {QUANT_CONFIG}; routing on the host, not timed"),
-        })
+        self.measure(
+            cfg,
+            &unit,
+            PrepareUnit::graph,
+            PrepareUnit::download,
+            format!("gathered token-group quant, {QUANT_CONFIG}; routing on the host, not timed"),
+        )
     }
 
     fn finalize(
@@ -242,24 +250,24 @@ impl Target for GpuTarget {
         w: &[f32],
     ) -> Result<Measured<Vec<bf16>>, EngineError> {
         let unit = FinalizeUnit::new(&self.bench, p, eo, ids, w)?;
-        let stats = self.time(cfg, unit.graph())?;
-        let out = unit.download(&self.bench)?;
-        Ok(Measured {
-            stats,
-            out,
-            config: format!("one thread per output element, {QUANT_CONFIG}"),
-        })
+        self.measure(
+            cfg,
+            &unit,
+            FinalizeUnit::graph,
+            FinalizeUnit::download,
+            format!("one thread per output element, {QUANT_CONFIG}"),
+        )
     }
 
     fn block_quant(&mut self, cfg: &BenchConfig, p: &BlockQuant, w: &[bf16]) -> Result<Measured<QuantOut>, EngineError> {
         let unit = BlockQuantUnit::new(&self.bench, p, w)?;
-        let stats = self.time(cfg, unit.graph())?;
-        let out = unit.download(&self.bench)?;
-        Ok(Measured {
-            stats,
-            out,
-            config: "one 256-thread block per 128x128 block (fixed)".into(),
-        })
+        self.measure(
+            cfg,
+            &unit,
+            BlockQuantUnit::graph,
+            BlockQuantUnit::download,
+            "one 256-thread block per 128x128 block (fixed)".into(),
+        )
     }
 
     fn stage(&mut self, cfg: &BenchConfig, p: &ExpertsStage, s: &StageInputs) -> Result<Measured<Vec<bf16>>, EngineError> {
@@ -267,15 +275,15 @@ impl Target for GpuTarget {
         self.weights = None;
         let v = s.view();
         let unit = StageUnit::new(&self.bench, p, v.a1q, v.a1s, v.w1, v.w2, v.counts)?;
-        let stats = self.time(cfg, unit.graph())?;
-        let out = unit.download(&self.bench)?;
-        Ok(Measured {
-            stats,
-            out,
-            config: format!(
+        self.measure(
+            cfg,
+            &unit,
+            StageUnit::graph,
+            StageUnit::download,
+            format!(
                 "counts prefix + GEMM1 + SiLU-mul-quant + GEMM2 in one graph; GEMM: {}",
                 gemm_config()
             ),
-        })
+        )
     }
 }

@@ -32,7 +32,7 @@ pub use report::{BenchReport, Row};
 use crate::device::Device;
 use crate::error::{EngineError, InputError};
 use crate::rng::Rng;
-use data::{check_baseline, check_bits, check_ours, cpu_is_reference, reference_rows, sample_rows, GemmData, HostWeights};
+use data::{check_baseline, check_bits, check_both, check_ours, cpu_is_reference, reference_rows, sample_rows, GemmData, HostWeights};
 use moe_core::calc_diff_bf16 as calc_diff;
 use report::{Baseline, Ceiling, Check};
 use target::{CpuTarget, Measured, StageInputs, Target};
@@ -307,11 +307,7 @@ fn run_case(
             let check = if check_on {
                 let (mut q, mut s) = (vec![0u8; e * cap * h], moe_core::ScaleBuf::zeros(p.scale_format(), m.out.1.len()));
                 moe_core::Backend::silu_mul_quant(&cpu, &p, &y, &counts, &mut q, s.view_mut())?;
-                let (cq, cs) = (check_bits("q", &m.out.0, &q), check_bits("s", &m.out.1.to_bits(), &s.to_bits()));
-                Check {
-                    ok: cq.ok && cs.ok,
-                    detail: format!("{}; {}", cq.detail, cs.detail),
-                }
+                check_both(check_bits("q", &m.out.0, &q), check_bits("s", &m.out.1.to_bits(), &s.to_bits()))
             } else {
                 cpu_is_reference()
             };
@@ -337,11 +333,7 @@ fn run_case(
                     vec![0; e],
                 );
                 moe_core::Backend::prepare(&cpu, &p, &x, &ids, &mut q, s.view_mut(), &mut cc)?;
-                let (cq, cs) = (check_bits("a1q", &m.out.0, &q), check_bits("a1s", &m.out.1.to_bits(), &s.to_bits()));
-                Check {
-                    ok: cq.ok && cs.ok,
-                    detail: format!("{}; {}", cq.detail, cs.detail),
-                }
+                check_both(check_bits("a1q", &m.out.0, &q), check_bits("a1s", &m.out.1.to_bits(), &s.to_bits()))
             } else {
                 cpu_is_reference()
             };
@@ -379,11 +371,7 @@ fn run_case(
                 let (mut q, mut s) = (vec![0u8; w.len()], vec![0f32; m.out.1.len()]);
                 moe_core::Backend::block_quant(&cpu, &p, moe_core::Activation::Bf16(&w), &mut q, &mut s)?;
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                let (cq, cs) = (check_bits("q", &m.out.0, &q), check_bits("s", &bits(&m.out.1), &bits(&s)));
-                Check {
-                    ok: cq.ok && cs.ok,
-                    detail: format!("{}; {}", cq.detail, cs.detail),
-                }
+                check_both(check_bits("q", &m.out.0, &q), check_bits("s", &bits(&m.out.1), &bits(&s)))
             } else {
                 cpu_is_reference()
             };
