@@ -8,6 +8,7 @@
 
 use std::panic::Location;
 
+use moe_engine::rng::Rng;
 use moe_engine::verify::check::on_each;
 use proptest::strategy::Strategy;
 use proptest::sugar::NamedArguments;
@@ -43,5 +44,27 @@ pub fn property_with<D, S: Strategy, O>(
         on_each(duts, |d| check(d, &c)).map_err(TestCaseError::fail)
     }) {
         panic!("{e}\n{runner}");
+    }
+}
+
+/// Runs `check` on every backend of `duts` for the seeded cases `0..n` of stream `seed`: case `i`
+/// is `make(&mut Rng::for_case(seed, 0, i), i)`, so a failure is reproduced from `(seed, i)`.
+/// `None` (the mount's counted skip) runs nothing.
+#[track_caller]
+pub fn seeded<D, C, O>(
+    duts: Option<&[(String, D)]>,
+    seed: u64,
+    n: u64,
+    make: impl Fn(&mut Rng, u64) -> C,
+    check: impl Fn(&D, &C) -> Result<O, String>,
+) {
+    let Some(duts) = duts else {
+        return;
+    };
+    for i in 0..n {
+        let c = make(&mut Rng::for_case(seed, 0, i), i);
+        if let Err(e) = on_each(duts, |d| check(d, &c)) {
+            panic!("seeded case {i} of stream {seed}: {e}");
+        }
     }
 }

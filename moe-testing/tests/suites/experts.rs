@@ -5,7 +5,7 @@
 use moe_engine::ops::*;
 use moe_engine::rng::Rng;
 use moe_engine::verify::check::*;
-use moe_testing::property::property_with;
+use moe_testing::property::{property_with, seeded};
 use moe_testing::strategies::{self, config};
 
 use super::{duts_or_skip, GEMM_TOL};
@@ -33,23 +33,16 @@ fn experts_stages_match_at_tile_edges() {
 
 #[test]
 fn experts_end_to_end_calc_diff_is_below_1e_5_on_random_data() {
-    let Some(duts) = duts_or_skip("experts_end_to_end_calc_diff_is_below_1e_5_on_random_data") else {
-        return;
-    };
-    for i in 0..10u64 {
-        let c = ExpertsCase::random(&mut Rng::for_case(41, 0, i), false);
+    let duts = duts_or_skip("experts_end_to_end_calc_diff_is_below_1e_5_on_random_data");
+    let random_data = |r: &mut Rng, _| ExpertsCase::random(r, false);
+    seeded(duts, 41, 10, random_data, |d, c| {
         assert!(c.random_data);
-        on_each(duts, |d| check_experts(d, &c, GEMM_TOL)).unwrap();
-    }
+        check_experts(d, c, GEMM_TOL)
+    });
 }
 
 #[test]
 fn experts_reject_bad_input_like_the_reference_and_write_nothing() {
-    let Some(duts) = duts_or_skip("experts_reject_bad_input_like_the_reference_and_write_nothing") else {
-        return;
-    };
-    for i in 0..4u64 {
-        let c = ExpertsCase::random(&mut Rng::for_case(42, 0, i), false);
-        on_each(duts, |d| check_experts_rejects(d, &c)).unwrap();
-    }
+    let duts = duts_or_skip("experts_reject_bad_input_like_the_reference_and_write_nothing");
+    seeded(duts, 42, 4, |r, _| ExpertsCase::random(r, false), check_experts_rejects);
 }

@@ -4,7 +4,7 @@
 use moe_engine::ops::*;
 use moe_engine::rng::Rng;
 use moe_engine::verify::check::*;
-use moe_testing::property::{property, property_with};
+use moe_testing::property::{property, property_with, seeded};
 use moe_testing::strategies::{self, config};
 
 use super::{duts_or_skip, GEMM_TOL};
@@ -17,13 +17,14 @@ fn grouped_gemm_is_within_the_bound_on_arbitrary_codes_and_scales() {
 
 #[test]
 fn grouped_gemm_is_within_the_bound_on_seeded_cases() {
-    let Some(duts) = duts_or_skip("grouped_gemm_is_within_the_bound_on_seeded_cases") else {
-        return;
-    };
-    for i in 0..16u64 {
-        let c = GemmCase::random(&mut Rng::for_case(31, 0, i), i % 2 == 1);
-        on_each(duts, |d| check_gemm(d, &c, GEMM_TOL)).unwrap();
-    }
+    let duts = duts_or_skip("grouped_gemm_is_within_the_bound_on_seeded_cases");
+    seeded(
+        duts,
+        31,
+        16,
+        |r, i| GemmCase::random(r, i % 2 == 1),
+        |d, c| check_gemm(d, c, GEMM_TOL),
+    );
 }
 
 /// `expected_m` is a performance hint (SPEC §6) that no backend reads yet, so today this test
@@ -78,22 +79,12 @@ fn grouped_gemm_is_within_the_bound_at_tile_edges() {
 /// it catches truncation).
 #[test]
 fn grouped_gemm_epilogue_rounds_to_nearest_on_average() {
-    let Some(duts) = duts_or_skip("grouped_gemm_epilogue_rounds_to_nearest_on_average") else {
-        return;
-    };
-    for i in 0..2u64 {
-        let c = GemmCase::rounding_bias_case(&mut Rng::for_case(34, 0, i));
-        on_each(duts, |d| check_gemm_rounding_bias(d, &c)).unwrap();
-    }
+    let duts = duts_or_skip("grouped_gemm_epilogue_rounds_to_nearest_on_average");
+    seeded(duts, 34, 2, |r, _| GemmCase::rounding_bias_case(r), check_gemm_rounding_bias);
 }
 
 #[test]
 fn grouped_gemm_rejects_bad_input_like_the_reference_and_writes_nothing() {
-    let Some(duts) = duts_or_skip("grouped_gemm_rejects_bad_input_like_the_reference_and_writes_nothing") else {
-        return;
-    };
-    for i in 0..8u64 {
-        let c = GemmCase::random(&mut Rng::for_case(33, 0, i), false);
-        on_each(duts, |d| check_gemm_rejects(d, &c)).unwrap();
-    }
+    let duts = duts_or_skip("grouped_gemm_rejects_bad_input_like_the_reference_and_writes_nothing");
+    seeded(duts, 33, 8, |r, _| GemmCase::random(r, false), check_gemm_rejects);
 }
