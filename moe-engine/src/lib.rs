@@ -3,7 +3,7 @@
 //! The runtime of moe-fp8, between the backends (moe-ref-cpu, moe-cuda) and the front ends (the
 //! `moe` binary, the fuzz targets, and later the Python module): the one place that picks a
 //! backend and knows its GEMM contract ([`device`]), every operation of SPEC §8 on named tensors
-//! ([`ops`]) and on `ndarray` arrays ([`array`]), weights and tensor files ([`weights`]), the
+//! ([`ops`]) and on `ndarray` arrays ([`array`](mod@array)), weights and tensor files ([`weights`]), the
 //! prepare → experts → finalize run with its stage timing ([`pipeline`]) and the differential
 //! harness ([`verify`]).
 //!

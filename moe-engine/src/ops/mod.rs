@@ -1,7 +1,7 @@
 //! The operations of `moe op` (SPEC §8): reading and validating their inputs, running them on a
 //! backend, and naming their outputs.
 //!
-//! [`read_inputs`] turns arbitrary bytes into a validated [`OpInputs`] or an [`InputError`]
+//! [`read_inputs`] turns arbitrary bytes into a validated [`OpInputs`] or an [`InputError`](crate::InputError)
 //! naming the tensor; everything data-dependent (`counts` in range, `topk_ids` in range, no
 //! expert over capacity) is checked here, before any backend work. [`execute`] then cannot fail
 //! on the input; it allocates the outputs zero-filled, so rows past `counts` read back as zero.

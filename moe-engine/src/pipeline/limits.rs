@@ -87,7 +87,7 @@ fn flag_value(cfg: &RunConfig, flag: &str) -> usize {
     }
 }
 
-/// Every buffer [`run`] allocates at once, each counted as many times as it coexists with
+/// Every buffer [`run`](super::run) allocates at once, each counted as many times as it coexists with
 /// itself (the stage-by-stage and the backend's own workspace, the check's copies); scratch of
 /// the routing included. The backend's own device memory is not counted.
 pub fn footprint(cfg: &RunConfig) -> Vec<Buffer> {
