@@ -70,12 +70,25 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
         let sa = vec![0f32; len(u, p.sa_shape().iter().fold(1usize, |a, b| a.saturating_mul(*b)))?];
         let b = vec![0u8; len(u, e.saturating_mul(n).saturating_mul(k))?];
         let sb = vec![0f32; len(u, p.sb_shape().iter().fold(1usize, |a, b| a.saturating_mul(*b)))?];
-        let _ = p.check(&a, &Scales::F32(&sa), &b, &sb, &counts, &[]);
+        let inputs = GemmInputs {
+            a: &a,
+            sa: Scales::F32(&sa),
+            b: WeightsRef { q: &b, s: &sb },
+            counts: &counts,
+        };
+        let _ = p.check(&inputs, &[]);
     }
     if let Ok(p) = ExpertsStage::new(e, t, k, n, fmt(u)?, Numerics::VllmBf16) {
         let _ = (p.gemm1(), p.gemm2(), p.silu(), p.workspace_shapes(), p.a1s_shape());
         let w = WeightsRef { q: &[], s: &[] };
-        let _ = p.check(&[], &Scales::F32(&[]), &w, &w, &counts, &[]);
+        let inputs = ExpertsInputs {
+            a1q: &[],
+            a1s: Scales::F32(&[]),
+            w1: w,
+            w2: w,
+            counts: &counts,
+        };
+        let _ = (p.check_inputs(&inputs), p.check(&inputs, &[]));
     }
     if let Ok(p) = Prepare::new(m, k, topk, e, t, fmt(u)?) {
         let x = vec![bf16::ZERO; len(u, m.saturating_mul(k))?];
