@@ -125,7 +125,18 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
             let c = counts(u, e, t)?;
             both(
                 vec![bf16::from_bits(0xA5A5); e * t * n],
-                |be, o| be.grouped_gemm(&p, GemmInputs { a: &a, sa: sa.view(), b: WeightsRef { q: &b, s: &sb }, counts: &c }, o),
+                |be, o| {
+                    be.grouped_gemm(
+                        &p,
+                        GemmInputs {
+                            a: &a,
+                            sa: sa.view(),
+                            b: WeightsRef { q: &b, s: &sb },
+                            counts: &c,
+                        },
+                        o,
+                    )
+                },
                 |a, b| a.iter().map(|v| v.to_bits()).eq(b.iter().map(|v| v.to_bits())),
             );
         }

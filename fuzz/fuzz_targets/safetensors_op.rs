@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use moe_engine::{Op, OpOptions};
 use moe_core::{Numerics, ScaleFormat};
+use moe_engine::{Op, OpOptions};
 
 fuzz_target!(|data: &[u8]| {
     let [op, fmt, flags, e, t, rest @ ..] = data else { return };
