@@ -39,6 +39,25 @@ fn scales(f: &TensorFile<'_>, name: &'static str, fmt: ScaleFormat, shape: &[usi
     })
 }
 
+/// The MN-major activation scales `name` (`(E, K/128, T)` f32, or packed words) of a K-long
+/// reduction.
+fn k_scales(f: &TensorFile<'_>, name: &'static str, fmt: ScaleFormat, shape: &[usize]) -> Result<ScaleBuf, InputError> {
+    scales(
+        f,
+        name,
+        fmt,
+        shape,
+        if fmt.is_packed() { "(E, ceil(K/512), T)" } else { "(E, K/128, T)" },
+    )
+}
+
+/// The f32 tensor `name` of exactly `shape` (a weight's block scales).
+fn f32_of_shape(f: &TensorFile<'_>, name: &'static str, shape: &[usize], layout: &'static str) -> Result<Vec<f32>, InputError> {
+    let (sh, v) = f.f32(name, shape.len(), layout)?;
+    expect_shape(name, &sh, shape, layout)?;
+    Ok(v)
+}
+
 fn counts(f: &TensorFile<'_>, e: usize, t: usize) -> Result<Vec<i32>, InputError> {
     let (sh, c) = f.i32("counts", 1, "(E)")?;
     expect_shape("counts", &sh, &[e], "(E)")?;
@@ -103,15 +122,8 @@ pub fn read_inputs(op: Op, opts: &OpOptions, bytes: &[u8]) -> Result<OpInputs, I
             let (bsh, b) = f.f8("b", 3, "(E, N, K)")?;
             expect_shape("b", &bsh, &[ash[0], bsh[1], ash[2]], "(E, N, K)")?;
             let p = GroupedGemm::new(ash[0], ash[1], bsh[1], ash[2], fmt)?;
-            let sa = scales(
-                &f,
-                "sa",
-                fmt,
-                &p.sa_shape(),
-                if fmt.is_packed() { "(E, ceil(K/512), T)" } else { "(E, K/128, T)" },
-            )?;
-            let (sbsh, sb) = f.f32("sb", 3, "(E, N/128, K/128)")?;
-            expect_shape("sb", &sbsh, &p.sb_shape(), "(E, N/128, K/128)")?;
+            let sa = k_scales(&f, "sa", fmt, &p.sa_shape())?;
+            let sb = f32_of_shape(&f, "sb", &p.sb_shape(), "(E, N/128, K/128)")?;
             let counts = counts(&f, p.experts(), p.capacity())?;
             let p = p.with_expected_m(estimate_expected_m(0, 1, p.experts(), p.capacity(), Some(&counts)));
             OpInputs::GroupedGemm(GemmCase { p, a, sa, b, sb, counts })
@@ -131,19 +143,11 @@ pub fn read_inputs(op: Op, opts: &OpOptions, bytes: &[u8]) -> Result<OpInputs, I
                 .into());
             }
             let p = ExpertsStage::new(e, t, k, w1sh[1] / 2, fmt, opts.numerics)?;
-            let a1s = scales(
-                &f,
-                "a1s",
-                fmt,
-                &p.a1s_shape(),
-                if fmt.is_packed() { "(E, ceil(K/512), T)" } else { "(E, K/128, T)" },
-            )?;
-            let (w1ssh, w1s) = f.f32("w1s", 3, "(E, 2I/128, K/128)")?;
-            expect_shape("w1s", &w1ssh, &p.gemm1().sb_shape(), "(E, 2I/128, K/128)")?;
+            let a1s = k_scales(&f, "a1s", fmt, &p.a1s_shape())?;
+            let w1s = f32_of_shape(&f, "w1s", &p.gemm1().sb_shape(), "(E, 2I/128, K/128)")?;
             let (w2sh, w2) = f.f8("w2", 3, "(E, K, I)")?;
             expect_shape("w2", &w2sh, &[e, k, p.i()], "(E, K, I)")?;
-            let (w2ssh, w2s) = f.f32("w2s", 3, "(E, K/128, I/128)")?;
-            expect_shape("w2s", &w2ssh, &p.gemm2().sb_shape(), "(E, K/128, I/128)")?;
+            let w2s = f32_of_shape(&f, "w2s", &p.gemm2().sb_shape(), "(E, K/128, I/128)")?;
             let counts = counts(&f, e, t)?;
             let p = p.with_expected_m(estimate_expected_m(0, 1, e, t, Some(&counts)));
             OpInputs::Experts(ExpertsCase::new(p, a1q, a1s, (w1, w1s), (w2, w2s), counts, false))
