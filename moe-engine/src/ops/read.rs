@@ -58,6 +58,21 @@ fn f32_of_shape(f: &TensorFile<'_>, name: &'static str, shape: &[usize], layout:
     Ok(v)
 }
 
+/// Checks that dimension `dim` of `tensor` (gate and up halves side by side) is a positive
+/// multiple of 256, so each half is a multiple of 128.
+fn twice_groups(tensor: &'static str, dim: &'static str, got: usize) -> Result<(), InputError> {
+    if got == 0 || got % (2 * GROUP) != 0 {
+        return Err(ProblemError::NotMultiple {
+            tensor,
+            dim,
+            got,
+            multiple: 2 * GROUP,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 fn counts(f: &TensorFile<'_>, e: usize, t: usize) -> Result<Vec<i32>, InputError> {
     let (sh, c) = f.i32("counts", 1, "(E)")?;
     expect_shape("counts", &sh, &[e], "(E)")?;
@@ -104,15 +119,7 @@ pub fn read_inputs(op: Op, opts: &OpOptions, bytes: &[u8]) -> Result<OpInputs, I
         }
         Op::SiluMulQuant => {
             let (sh, y) = f.bf16("y", 3, "(E, T, 2H)")?;
-            if sh[2] == 0 || sh[2] % (2 * GROUP) != 0 {
-                return Err(ProblemError::NotMultiple {
-                    tensor: "y",
-                    dim: "2H",
-                    got: sh[2],
-                    multiple: 2 * GROUP,
-                }
-                .into());
-            }
+            twice_groups("y", "2H", sh[2])?;
             let p = SiluMulQuant::new(sh[0], sh[1], sh[2] / 2, fmt, opts.numerics)?;
             let counts = counts(&f, sh[0], sh[1])?;
             OpInputs::SiluMulQuant(SiluMulQuantCase { p, y, counts })
@@ -133,15 +140,7 @@ pub fn read_inputs(op: Op, opts: &OpOptions, bytes: &[u8]) -> Result<OpInputs, I
             let (e, t, k) = (ash[0], ash[1], ash[2]);
             let (w1sh, w1) = f.f8("w1", 3, "(E, 2I, K)")?;
             expect_shape("w1", &w1sh, &[e, w1sh[1], k], "(E, 2I, K)")?;
-            if w1sh[1] == 0 || w1sh[1] % (2 * GROUP) != 0 {
-                return Err(ProblemError::NotMultiple {
-                    tensor: "w1",
-                    dim: "2I",
-                    got: w1sh[1],
-                    multiple: 2 * GROUP,
-                }
-                .into());
-            }
+            twice_groups("w1", "2I", w1sh[1])?;
             let p = ExpertsStage::new(e, t, k, w1sh[1] / 2, fmt, opts.numerics)?;
             let a1s = k_scales(&f, "a1s", fmt, &p.a1s_shape())?;
             let w1s = f32_of_shape(&f, "w1s", &p.gemm1().sb_shape(), "(E, 2I/128, K/128)")?;

@@ -154,49 +154,18 @@ mod tests {
     #[test]
     fn sizes_that_overflow_name_their_flag() {
         let big = usize::MAX / 2;
+        let with = |set: fn(&mut RunConfig, usize), v: usize| {
+            let mut c = RunConfig::default();
+            set(&mut c, v);
+            c
+        };
         for (cfg, flag) in [
-            (
-                RunConfig {
-                    capacity: big,
-                    ..RunConfig::default()
-                },
-                "--capacity",
-            ),
-            (
-                RunConfig {
-                    tokens: big,
-                    ..RunConfig::default()
-                },
-                "--tokens",
-            ),
-            (
-                RunConfig {
-                    topk: big,
-                    ..RunConfig::default()
-                },
-                "--topk",
-            ),
-            (
-                RunConfig {
-                    experts: big,
-                    ..RunConfig::default()
-                },
-                "--experts",
-            ),
-            (
-                RunConfig {
-                    hidden: big / 128 * 128,
-                    ..RunConfig::default()
-                },
-                "--hidden",
-            ),
-            (
-                RunConfig {
-                    intermediate: big / 128 * 128,
-                    ..RunConfig::default()
-                },
-                "--intermediate",
-            ),
+            (with(|c, v| c.capacity = v, big), "--capacity"),
+            (with(|c, v| c.tokens = v, big), "--tokens"),
+            (with(|c, v| c.topk = v, big), "--topk"),
+            (with(|c, v| c.experts = v, big), "--experts"),
+            (with(|c, v| c.hidden = v, big / 128 * 128), "--hidden"),
+            (with(|c, v| c.intermediate = v, big / 128 * 128), "--intermediate"),
         ] {
             let m = usage(&cfg);
             assert!(m.contains(flag) && m.contains("too large to address"), "{flag}: {m}");

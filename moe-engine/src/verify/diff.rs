@@ -134,47 +134,22 @@ fn both<C>(c: &C, main: impl Fn(&C) -> Checked, rejects: impl Fn(&C) -> Result<(
 }
 
 fn run_small_case<B: BatchedExperts + ?Sized>(dut: &B, op: Op, r: &mut Rng, hard: bool, tol: GemmContract) -> Checked {
+    // One arm per operation: a random case, its check (with the GEMM contract where it has one)
+    // and its bad-input checks.
+    macro_rules! case {
+        ($case:ty, $check:ident, $rejects:ident $(, $tol:expr)?) => {
+            both(&<$case>::random(r, hard), |c| $check(dut, c $(, $tol)?), |c| $rejects(dut, c))
+        };
+    }
     match op {
-        Op::TokenGroupQuant => both(
-            &TokenGroupQuantCase::random(r, hard),
-            |c| check_token_group_quant(dut, c),
-            |c| check_token_group_quant_rejects(dut, c),
-        ),
-        Op::BatchedQuant => both(
-            &BatchedQuantCase::random(r, hard),
-            |c| check_batched_quant(dut, c),
-            |c| check_batched_quant_rejects(dut, c),
-        ),
-        Op::BlockQuant => both(
-            &BlockQuantCase::random(r, hard),
-            |c| check_block_quant(dut, c),
-            |c| check_block_quant_rejects(dut, c),
-        ),
-        Op::SiluMulQuant => both(
-            &SiluMulQuantCase::random(r, hard),
-            |c| check_silu_mul_quant(dut, c),
-            |c| check_silu_mul_quant_rejects(dut, c),
-        ),
-        Op::GroupedGemm => both(
-            &GemmCase::random(r, hard),
-            |c| check_gemm(dut, c, tol),
-            |c| check_gemm_rejects(dut, c),
-        ),
-        Op::Experts => both(
-            &ExpertsCase::random(r, hard),
-            |c| check_experts(dut, c, tol),
-            |c| check_experts_rejects(dut, c),
-        ),
-        Op::Prepare => both(
-            &PrepareCase::random(r, hard),
-            |c| check_prepare(dut, c),
-            |c| check_prepare_rejects(dut, c),
-        ),
-        Op::Finalize => both(
-            &FinalizeCase::random(r, hard),
-            |c| check_finalize(dut, c),
-            |c| check_finalize_rejects(dut, c),
-        ),
+        Op::TokenGroupQuant => case!(TokenGroupQuantCase, check_token_group_quant, check_token_group_quant_rejects),
+        Op::BatchedQuant => case!(BatchedQuantCase, check_batched_quant, check_batched_quant_rejects),
+        Op::BlockQuant => case!(BlockQuantCase, check_block_quant, check_block_quant_rejects),
+        Op::SiluMulQuant => case!(SiluMulQuantCase, check_silu_mul_quant, check_silu_mul_quant_rejects),
+        Op::GroupedGemm => case!(GemmCase, check_gemm, check_gemm_rejects, tol),
+        Op::Experts => case!(ExpertsCase, check_experts, check_experts_rejects, tol),
+        Op::Prepare => case!(PrepareCase, check_prepare, check_prepare_rejects),
+        Op::Finalize => case!(FinalizeCase, check_finalize, check_finalize_rejects),
     }
 }
 

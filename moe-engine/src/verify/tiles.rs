@@ -111,13 +111,18 @@ fn fit(mut e: usize, t: usize, mut a: usize, mut b: usize, factor: usize, floor:
     (e, a, b)
 }
 
+/// Entry `i` of `list`, taken modulo its length.
+fn pick(list: &[usize], i: usize) -> usize {
+    list[i % list.len()]
+}
+
 /// The GEMM shape `(E, T, N, K)` of the given indices (any values; taken modulo the lists),
 /// shrunk to [`GEMM_MACS_MAX`].
 pub fn gemm_shape(e: usize, t_pick: usize, n_pick: usize, k_pick: usize) -> (usize, usize, usize, usize) {
-    let t = GEMM_CAPACITIES[t_pick % GEMM_CAPACITIES.len()];
-    let (nb, kb) = (
-        GEMM_N_BLOCKS[n_pick % GEMM_N_BLOCKS.len()],
-        GEMM_K_BLOCKS[k_pick % GEMM_K_BLOCKS.len()],
+    let (t, nb, kb) = (
+        pick(&GEMM_CAPACITIES, t_pick),
+        pick(&GEMM_N_BLOCKS, n_pick),
+        pick(&GEMM_K_BLOCKS, k_pick),
     );
     let (e, nb, kb) = fit(e.max(1), t, nb, kb, 1, 1, GEMM_MACS_MAX);
     (e, t, nb * GROUP, kb * GROUP)
@@ -126,10 +131,10 @@ pub fn gemm_shape(e: usize, t_pick: usize, n_pick: usize, k_pick: usize) -> (usi
 /// The experts-stage shape `(E, T, K, I)` of the given indices, shrunk to
 /// [`EXPERTS_MACS_MAX`] (never below `K = I = 256`).
 pub fn experts_shape(e: usize, t_pick: usize, k_pick: usize, i_pick: usize) -> (usize, usize, usize, usize) {
-    let t = EXPERTS_CAPACITIES[t_pick % EXPERTS_CAPACITIES.len()];
-    let (kb, ib) = (
-        EXPERTS_K_BLOCKS[k_pick % EXPERTS_K_BLOCKS.len()],
-        EXPERTS_I_BLOCKS[i_pick % EXPERTS_I_BLOCKS.len()],
+    let (t, kb, ib) = (
+        pick(&EXPERTS_CAPACITIES, t_pick),
+        pick(&EXPERTS_K_BLOCKS, k_pick),
+        pick(&EXPERTS_I_BLOCKS, i_pick),
     );
     let (e, kb, ib) = fit(e.max(1), t, kb, ib, 3, 2, EXPERTS_MACS_MAX);
     (e, t, kb * GROUP, ib * GROUP)

@@ -7,7 +7,7 @@ use moe_core::Backend;
 use moe_engine::ops::*;
 use moe_engine::rng::Rng;
 use moe_engine::verify::check::*;
-use moe_testing::property::property;
+use moe_testing::property::{property, seeded};
 use moe_testing::strategies;
 
 use super::duts_or_skip;
@@ -41,35 +41,38 @@ fn block_quant_is_bit_exact_with_ragged_edges() {
 
 #[test]
 fn quantizers_match_on_seeded_random_and_hard_cases() {
-    let Some(duts) = duts_or_skip("quantizers_match_on_seeded_random_and_hard_cases") else {
-        return;
-    };
-    for i in 0..24u64 {
-        let mut r = Rng::for_case(11, 0, i);
+    let duts = duts_or_skip("quantizers_match_on_seeded_random_and_hard_cases");
+    // The three cases of `i` come from one generator, in this order.
+    let make = |r: &mut Rng, i: u64| {
         let hard = i % 2 == 1;
-        let c = TokenGroupQuantCase::random(&mut r, hard);
-        on_each(duts, |d| check_token_group_quant(d, &c)).unwrap();
-        let c = BatchedQuantCase::random(&mut r, hard);
-        on_each(duts, |d| check_batched_quant(d, &c)).unwrap();
-        let c = BlockQuantCase::random(&mut r, hard);
-        on_each(duts, |d| check_block_quant(d, &c)).unwrap();
-    }
+        (
+            TokenGroupQuantCase::random(r, hard),
+            BatchedQuantCase::random(r, hard),
+            BlockQuantCase::random(r, hard),
+        )
+    };
+    seeded(duts, 11, 24, make, |d, (a, b, c)| {
+        check_token_group_quant(d, a)?;
+        check_batched_quant(d, b)?;
+        check_block_quant(d, c)
+    });
 }
 
 #[test]
 fn quantizers_reject_bad_input_like_the_reference_and_write_nothing() {
-    let Some(duts) = duts_or_skip("quantizers_reject_bad_input_like_the_reference_and_write_nothing") else {
-        return;
+    let duts = duts_or_skip("quantizers_reject_bad_input_like_the_reference_and_write_nothing");
+    let make = |r: &mut Rng, _| {
+        (
+            TokenGroupQuantCase::random(r, false),
+            BatchedQuantCase::random(r, false),
+            BlockQuantCase::random(r, false),
+        )
     };
-    for i in 0..8u64 {
-        let mut r = Rng::for_case(12, 0, i);
-        let c = TokenGroupQuantCase::random(&mut r, false);
-        on_each(duts, |d| check_token_group_quant_rejects(d, &c)).unwrap();
-        let c = BatchedQuantCase::random(&mut r, false);
-        on_each(duts, |d| check_batched_quant_rejects(d, &c)).unwrap();
-        let c = BlockQuantCase::random(&mut r, false);
-        on_each(duts, |d| check_block_quant_rejects(d, &c)).unwrap();
-    }
+    seeded(duts, 12, 8, make, |d, (a, b, c)| {
+        check_token_group_quant_rejects(d, a)?;
+        check_batched_quant_rejects(d, b)?;
+        check_block_quant_rejects(d, c)
+    });
 }
 
 /// One row of 128 values in every format and layout, f32 and bf16 input.

@@ -4,7 +4,7 @@
 use moe_engine::ops::*;
 use moe_engine::rng::Rng;
 use moe_engine::verify::check::*;
-use moe_testing::property::property;
+use moe_testing::property::{property, seeded};
 use moe_testing::strategies;
 
 use super::duts_or_skip;
@@ -29,20 +29,13 @@ fn finalize_is_bit_exact_with_special_values() {
 
 #[test]
 fn prepare_and_finalize_match_on_seeded_cases() {
-    let Some(duts) = duts_or_skip("prepare_and_finalize_match_on_seeded_cases") else {
-        return;
-    };
-    for i in 0..24u64 {
-        let mut r = Rng::for_case(51, 0, i);
-        let c = PrepareCase::random(&mut r, i % 2 == 1);
-        on_each(duts, |d| {
-            check_prepare(d, &c).and_then(|_| check_prepare_rejects(d, &c).map(|_| Outcome::EXACT))
-        })
-        .unwrap();
-        let c = FinalizeCase::random(&mut r, i % 2 == 1);
-        on_each(duts, |d| {
-            check_finalize(d, &c).and_then(|_| check_finalize_rejects(d, &c).map(|_| Outcome::EXACT))
-        })
-        .unwrap();
-    }
+    let duts = duts_or_skip("prepare_and_finalize_match_on_seeded_cases");
+    // The two cases of `i` come from one generator, in this order.
+    let make = |r: &mut Rng, i: u64| (PrepareCase::random(r, i % 2 == 1), FinalizeCase::random(r, i % 2 == 1));
+    seeded(duts, 51, 24, make, |d, (p, f)| {
+        check_prepare(d, p)?;
+        check_prepare_rejects(d, p)?;
+        check_finalize(d, f)?;
+        check_finalize_rejects(d, f)
+    });
 }
