@@ -167,16 +167,9 @@ pub fn silu_mul_quant(
     numerics: Numerics,
 ) -> Result<(Array3<F8E4M3>, ScaleArray<Ix3>), EngineError> {
     let (e, t, h2) = y.dim();
+    // The same rule as `moe op silu-mul-quant`, checked before the halves are taken.
+    crate::ops::twice_groups("y", "2H", h2)?;
     let p = SiluMulQuant::new(e, t, h2 / 2, fmt, numerics)?;
-    if h2 % 2 != 0 {
-        return Err(moe_core::ProblemError::NotMultiple {
-            tensor: "y",
-            dim: "2H",
-            got: h2,
-            multiple: 2 * moe_core::GROUP,
-        }
-        .into());
-    }
     let ssh = p.scale_shape();
     let mut q = try_filled("q", e * t * p.h(), 0u8)?;
     let mut s = scale_buf("s", fmt, ssh.iter().product())?;
@@ -311,6 +304,20 @@ mod tests {
         assert_eq!(q1, q2);
         assert_eq!(s1, s2);
         assert!(q1.iter().any(|v| v.to_bits() != 0));
+    }
+
+    #[test]
+    fn a_gate_up_width_that_is_not_a_multiple_of_256_names_y_and_2h() {
+        let dev = Device::open(DeviceKind::Cpu).unwrap();
+        let counts = Array1::from(vec![1]);
+        for h2 in [1, 128, 257, 384] {
+            let y = Array3::from_elem((1, 2, h2), bf16::ONE);
+            let err = silu_mul_quant(&dev, y.view(), counts.view(), ScaleFormat::F32, Numerics::F32).unwrap_err();
+            assert!(
+                err.is_input() && err.to_string().contains("`y`") && err.to_string().contains("2H"),
+                "{h2}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod read;
 pub use execute::{execute, run_op};
 pub use inputs::*;
 pub use read::read_inputs;
+pub(crate) use read::twice_groups;
 
 /// Every operation of the engine: the seven of SPEC §8 (`moe op`) and the batched token-group
 /// quantization (checked by `moe diff`, with no file form). The one operation enum of the

@@ -60,7 +60,7 @@ fn f32_of_shape(f: &TensorFile<'_>, name: &'static str, shape: &[usize], layout:
 
 /// Checks that dimension `dim` of `tensor` (gate and up halves side by side) is a positive
 /// multiple of 256, so each half is a multiple of 128.
-fn twice_groups(tensor: &'static str, dim: &'static str, got: usize) -> Result<(), InputError> {
+pub(crate) fn twice_groups(tensor: &'static str, dim: &'static str, got: usize) -> Result<(), InputError> {
     if got == 0 || got % (2 * GROUP) != 0 {
         return Err(ProblemError::NotMultiple {
             tensor,
