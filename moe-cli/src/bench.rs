@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use moe_engine::bench::{self, cases, schema, svg, BenchConfig, Counts, Suite};
+use moe_engine::bench::{self, cases, schema, svg, BenchConfig, Counts, GemmKernel, Suite};
 use moe_engine::{Device, DeviceKind, EngineError, InputError};
 
 fn suite_parser() -> impl TypedValueParser<Value = Suite> {
@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// Bytes of the GPU's L2 flush (at least 256 MiB).
     #[arg(long, default_value_t = 512 << 20)]
     flush_bytes: usize,
+    /// The CUDA GEMM kernel of the GEMM and stage cases: mma-sync (the backend's, SPEC §5.3's
+    /// bound) or wgmma (opt-in, its own looser bound; docs/numerics.md).
+    #[arg(long, default_value = "mma-sync", value_parser = PossibleValuesParser::new(GemmKernel::ALL.map(GemmKernel::name)).map(|s| GemmKernel::from_name(&s).expect("a listed name")))]
+    gemm: GemmKernel,
     /// Write the report as JSON (docs/bench-schema.md).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -95,6 +99,13 @@ fn run_bench(a: BenchArgs) -> Result<bool, EngineError> {
         validate(p)?;
         return Ok(true);
     }
+    if a.backend != DeviceKind::Cuda && a.gemm != GemmKernel::MmaSync {
+        return Err(InputError::Usage(format!(
+            "--gemm {} picks a CUDA GEMM kernel: it needs --backend cuda",
+            a.gemm.name()
+        ))
+        .into());
+    }
     let shapes = a.shapes.iter().map(|s| cases::parse_shape(s)).collect::<Result<Vec<_>, _>>()?;
     let cfg = BenchConfig {
         suites: a.suites,
@@ -105,6 +116,7 @@ fn run_bench(a: BenchArgs) -> Result<bool, EngineError> {
         seed: a.seed,
         tiny: a.tiny,
         flush_bytes: a.flush_bytes,
+        gemm_kernel: a.gemm,
     };
     let device = Device::open(a.backend)?;
     let bar = std::io::stderr().is_terminal().then(|| {

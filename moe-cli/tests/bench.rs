@@ -76,6 +76,8 @@ fn bad_bench_flags_are_usage_errors() {
         &["bench", "--backend", "cpu"][..],
         &["bench", "--backend", "cpu", "--suite", "nope"][..],
         &["bench", "--backend", "cpu", "--suite", "silu", "--samples", "0"][..],
+        &["bench", "--backend", "cpu", "--suite", "silu", "--gemm", "wgmma"][..],
+        &["bench", "--backend", "cpu", "--suite", "silu", "--gemm", "nope"][..],
     ] {
         let out = moe(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,29 +1,35 @@
-// Masked grouped FP8 GEMM on Hopper's asynchronous tensor cores (SPEC §5.3), and the three
-// probe kernels that pin its encodings one at a time (tests/wgmma.rs runs each against the CPU).
+// Masked grouped FP8 GEMM on Hopper's asynchronous tensor cores (SPEC §5.3 arithmetic with the
+// tensor cores' own partial), and the three probe kernels that pin its encodings one at a time
+// (tests/wgmma.rs runs each against the CPU).
 //
 // d[e, t, n] = bf16_out(acc) for t < clamp(counts[e], 0, T); rows t >= counts[e] are never
 // written. acc = fma(f32(sa[e, t, kb] * sb[e, n/128, kb]), p_kb, acc) over kb increasing, where
 // p_kb is the partial over the 128-wide K block kb: four wgmma m64n128k32 e4m3 instructions
-// chained on the tensor cores, the first with scale-d = 0 (it ignores the accumulator's old value).
+// chained on the tensor cores, the first with scale-d = 0 (it ignores the accumulator's old
+// value) -- DeepGEMM's "promotion". The tensor cores keep about 14 significant bits inside a
+// partial (measured: docs/numerics.md), so this kernel has its own, looser GEMM contract.
 //
-// Tiles of 64 rows (BM) x 128 columns (BN), K blocks of 128 (BK). One CTA = one consumer
-// warpgroup (warps 0-3, 128 threads: wgmma, promotion, epilogue) + one producer warp (warp 4;
-// lane 0 issues the TMA loads). The CTAs walk the fixed tile space E x ceil(T/64) x N/128
-// (n fastest) with a stride of gridDim.x; both roles read counts[e] on the device and skip
-// the dead row tiles (m0 >= counts[e]) identically, so the grid depends on the shape only.
+// Tiles of 128 rows (BM) x 128 columns (BN), K blocks of 128 (BK). One CTA = 3 warpgroups:
+// warpgroup 0 is the producer (it gives its registers away with setmaxnreg; thread 0 issues
+// every TMA load), warpgroups 1 and 2 are the consumers (setmaxnreg up; each owns 64 rows of the
+// tile: wgmma, promotion, epilogue). The CTAs walk the fixed tile space E x ceil(T/128) x N/128
+// (n fastest) with a stride of gridDim.x; producer and consumers read counts[e] on the device
+// and skip the dead row tiles (m0 >= counts[e]) identically, so the grid depends on the shape
+// only. A consumer warpgroup whose 64 rows are all dead waits and releases the stages but
+// issues no wgmma and stores nothing.
 //
-// Shared memory (dynamic, rounded up to 1024 B): STAGES x [A box 64x128 B | B box 128x128 B],
+// Shared memory (dynamic, rounded up to 1024 B): STAGES x [A box 128x128 B | B box 128x128 B],
 // both loaded by TMA with the 128-byte swizzle, then the full[STAGES] and empty[STAGES] mbarriers.
 // Barrier protocol, for the i-th K block a CTA handles (stage s = i % STAGES, phase
 // ph = (i / STAGES) & 1):
 //   producer: wait empty[s] with parity ph ^ 1 (a fresh barrier passes parity 1 at once);
-//             arrive.expect_tx(full[s], 24576); TMA A and B into stage s completing on full[s].
-//   consumer: wait full[s] with parity ph; 4 wgmma; wait_group 0; lane 0 of each of the 4
-//             warps arrives on empty[s] (count 4); promotion in registers.
-// A and B come through 3-D tensor maps (K, T, E) and (K, N, E) with boxes (128, 64, 1) and
-// (128, 128, 1): a box never crosses into the next expert, and rows past T are zero-filled by
-// the TMA unit (the transaction count is still the whole box). Rows in [counts[e], T) of a
-// live tile are loaded and computed but never stored.
+//             arrive.expect_tx(full[s], 32768); TMA A and B into stage s completing on full[s].
+//   consumer: wait full[s] with parity ph; 4 wgmma; wait_group 0; lane 0 of each of the 8
+//             consumer warps arrives on empty[s] (count 8); promotion in registers.
+// A and B come through 3-D tensor maps (K, T, E) and (K, N, E) with boxes (128, 128, 1): a box
+// never crosses into the next expert, and rows past T are zero-filled by the TMA unit (the
+// transaction count is still the whole box). Rows in [counts[e], T) of a live tile are loaded
+// and computed but never stored.
 // A barrier wait that lasts more than 10 s traps (a protocol bug is a launch error, not a hang).
 //
 // Activation scales: f32 (F32 or F32CeilUe8m0) MN-major (E, K/128, T); packed UE8M0 is not
@@ -31,15 +37,23 @@
 
 #include "common.cuh"
 
-#define WG_BM 64
+#define WG_BM 128
 #define WG_BN 128
 #define WG_BK 128
-#define WG_STAGES 4
+#define WG_STAGES 6
 #define WG_A_BYTES (WG_BM * WG_BK)
 #define WG_B_BYTES (WG_BN * WG_BK)
 #define WG_STAGE_BYTES (WG_A_BYTES + WG_B_BYTES)
-#define WG_CONSUMERS 128
-#define WG_THREADS (WG_CONSUMERS + 32)
+#define WG_CONSUMER_WGS 2
+#define WG_THREADS (128 * (1 + WG_CONSUMER_WGS))
+#define WG_PRODUCER_REGS 40
+#define WG_CONSUMER_REGS 232
+// The probes: boxes of 64 rows, a 4-stage ring, one consumer warpgroup and one producer warp.
+#define PB_ROWS 64
+#define PB_BOX_BYTES (PB_ROWS * WG_BK)
+#define PB_STAGES 4
+#define PB_CONSUMERS 128
+#define PB_THREADS (PB_CONSUMERS + 32)
 #define WG_HANG_NS 10000000000ull
 
 // The driver's CUtensorMap: 128 opaque bytes, 64-byte aligned, passed by value.
@@ -123,28 +137,36 @@ __device__ __forceinline__ u32 sw128_offset(u32 r, u32 k) { return r * 128u + ((
 
 // ---- the ring of stages ----------------------------------------------------------------------
 
-// Position in the ring: stage index and phase parity of the current K block.
+// Position in a ring of S stages: stage index and phase parity of the current K block.
+template <u32 S>
 struct RingPos {
     u32 stage;
     u32 phase;
     __device__ __forceinline__ void advance() {
-        if (++stage == WG_STAGES) {
+        if (++stage == S) {
             stage = 0;
             phase ^= 1u;
         }
     }
 };
 
-__device__ __forceinline__ u32 full_bar(u32 bars, u32 s) { return bars + 8u * s; }
-__device__ __forceinline__ u32 empty_bar(u32 bars, u32 s) { return bars + 8u * (WG_STAGES + s); }
+template <u32 S>
+__device__ __forceinline__ u32 full_bar(u32 bars, u32 s) {
+    return bars + 8u * s;
+}
+template <u32 S>
+__device__ __forceinline__ u32 empty_bar(u32 bars, u32 s) {
+    return bars + 8u * (S + s);
+}
 
 // Thread 0 initializes full[s] (one arrival: the producer's expect_tx) and empty[s]
 // (`consumer_warps` arrivals); then every thread of the block synchronizes.
+template <u32 S>
 __device__ __forceinline__ void ring_init(u32 bars, u32 consumer_warps) {
     if (threadIdx.x == 0) {
-        for (u32 s = 0; s < WG_STAGES; ++s) {
-            mbar_init(full_bar(bars, s), 1);
-            mbar_init(empty_bar(bars, s), consumer_warps);
+        for (u32 s = 0; s < S; ++s) {
+            mbar_init(full_bar<S>(bars, s), 1);
+            mbar_init(empty_bar<S>(bars, s), consumer_warps);
         }
         mbar_init_fence();
     }
@@ -152,18 +174,33 @@ __device__ __forceinline__ void ring_init(u32 bars, u32 consumer_warps) {
 }
 
 // Producer side: waits for the stage to be free and announces `bytes` of TMA transactions.
-__device__ __forceinline__ void ring_produce(u32 bars, RingPos p, u32 bytes) {
-    mbar_wait(empty_bar(bars, p.stage), p.phase ^ 1u);
-    mbar_arrive_expect_tx(full_bar(bars, p.stage), bytes);
+template <u32 S>
+__device__ __forceinline__ void ring_produce(u32 bars, RingPos<S> p, u32 bytes) {
+    mbar_wait(empty_bar<S>(bars, p.stage), p.phase ^ 1u);
+    mbar_arrive_expect_tx(full_bar<S>(bars, p.stage), bytes);
 }
 
 // Consumer side: waits for the stage's data; `ring_release` (one call per consumer warp, all
 // lanes) hands it back once the warp no longer reads it.
-__device__ __forceinline__ void ring_consume(u32 bars, RingPos p) { mbar_wait(full_bar(bars, p.stage), p.phase); }
+template <u32 S>
+__device__ __forceinline__ void ring_consume(u32 bars, RingPos<S> p) {
+    mbar_wait(full_bar<S>(bars, p.stage), p.phase);
+}
 
-__device__ __forceinline__ void ring_release(u32 bars, RingPos p) {
+template <u32 S>
+__device__ __forceinline__ void ring_release(u32 bars, RingPos<S> p) {
     __syncwarp();
-    if ((threadIdx.x & 31) == 0) mbar_arrive(empty_bar(bars, p.stage));
+    if ((threadIdx.x & 31) == 0) mbar_arrive(empty_bar<S>(bars, p.stage));
+}
+
+// Moves registers between warpgroups (every warp of the warpgroup executes it).
+template <u32 R>
+__device__ __forceinline__ void regs_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R));
+}
+template <u32 R>
+__device__ __forceinline__ void regs_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R));
 }
 
 // ---- wgmma -------------------------------------------------------------------------------------
@@ -213,28 +250,22 @@ __device__ __forceinline__ void wgmma_m64n128k32_e4m3(float (&d)[64], u64 desc_a
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 }
 
-// The partial of one 128-wide K block, as the f32 sum of its four k32 tensor-core partials, each
-// from zero: ((p0 + p1) + p2) + p3. Chaining the four k32 steps in the tensor cores' own
-// accumulator (scale-d = 1) keeps only about 14 significant bits across the block: measured on
-// an H200 (2026-12-01, probe_b and the GEMM test), |error| reached 2.7e-4 x sum|a*b| on random
-// full-range operands, above SPEC §5.3's c <= 2^-12 = 2.44e-4. Each k32 partial alone keeps its
-// ~14 bits relative to its own magnitude, so the f32 sum stays within about 2^-13 x sum|a*b|.
-// Returns once the tensor cores are done (shared memory may be reused).
+// The partial of one 128-wide K block of a 64-row slice: four k32 wgmma chained in the tensor
+// cores' accumulator, the first with scale-d = 0 (DeepGEMM's order). Issued back to back and
+// waited for once; returns when the tensor cores are done (shared memory may be reused).
+// Measured on an H200 (docs/numerics.md): the chained partial keeps about 14 significant bits;
+// summing the four k32 partials in f32 instead was not more accurate (2.9e-4 vs 2.7e-4 x
+// sum|a*b| at worst on random operands) and serializes the tensor cores.
 __device__ __forceinline__ void block_partial(float (&part)[64], u32 a_tile, u32 b_tile) {
     const u64 da = sw128_desc(a_tile);
     const u64 db = sw128_desc(b_tile);
-    float tmp[64];
+    pin_accumulators(part);
+    wgmma_fence();
 #pragma unroll
-    for (int k = 0; k < WG_BK / 32; ++k) {
-        pin_accumulators(tmp);
-        wgmma_fence();
-        wgmma_m64n128k32_e4m3(tmp, da + 2 * k, db + 2 * k, 0);
-        wgmma_commit();
-        wgmma_wait_all();
-        pin_accumulators(tmp);
-#pragma unroll
-        for (int i = 0; i < 64; ++i) part[i] = k == 0 ? tmp[i] : __fadd_rn(part[i], tmp[i]);
-    }
+    for (int k = 0; k < WG_BK / 32; ++k) wgmma_m64n128k32_e4m3(part, da + 2 * k, db + 2 * k, k > 0);
+    wgmma_commit();
+    wgmma_wait_all();
+    pin_accumulators(part);
 }
 
 // ---- the grouped GEMM --------------------------------------------------------------------------
@@ -253,17 +284,17 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
     u8* smem;
     const u32 base = aligned_smem_base(smem_raw, &smem);
     const u32 bars = base + WG_STAGES * WG_STAGE_BYTES;
-    ring_init(bars, WG_CONSUMERS / 32);
-    const int warp = threadIdx.x >> 5;
-    const int lane = threadIdx.x & 31;
+    ring_init<WG_STAGES>(bars, WG_CONSUMER_WGS * 4);
+    const int wg = threadIdx.x >> 7;
     const int KB = K / WG_BK;
     const int MT = (T + WG_BM - 1) / WG_BM;
     const int NT = N / WG_BN;
     const long long tiles = (long long)E * MT * NT;
-    RingPos pos = {0u, 0u};
-    if (warp == WG_CONSUMERS / 32) {
-        // Producer: one thread issues every load; the other lanes have nothing to do.
-        if (lane != 0) return;
+    RingPos<WG_STAGES> pos = {0u, 0u};
+    if (wg == 0) {
+        // Producer: one thread issues every load; the others give their registers away.
+        regs_dec<WG_PRODUCER_REGS>();
+        if (threadIdx.x != 0) return;
         tma_prefetch_map(&map_a);
         tma_prefetch_map(&map_b);
         for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -272,16 +303,22 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
             if (mt * WG_BM >= clamp_count(counts[e], T)) continue;
             for (int kb = 0; kb < KB; ++kb) {
                 const u32 a_tile = base + pos.stage * WG_STAGE_BYTES;
-                ring_produce(bars, pos, WG_STAGE_BYTES);
-                tma_load_3d(a_tile, &map_a, full_bar(bars, pos.stage), kb * WG_BK, mt * WG_BM, e);
-                tma_load_3d(a_tile + WG_A_BYTES, &map_b, full_bar(bars, pos.stage), kb * WG_BK, nt * WG_BN, e);
+                ring_produce<WG_STAGES>(bars, pos, WG_STAGE_BYTES);
+                const u32 full = full_bar<WG_STAGES>(bars, pos.stage);
+                tma_load_3d(a_tile, &map_a, full, kb * WG_BK, mt * WG_BM, e);
+                tma_load_3d(a_tile + WG_A_BYTES, &map_b, full, kb * WG_BK, nt * WG_BN, e);
                 pos.advance();
             }
         }
         return;
     }
-    // Consumers: rows r0 and r0 + 8 of the tile, columns 8j + 2(lane % 4) + {0, 1}.
-    const int r0 = warp * 16 + (lane >> 2);
+    regs_inc<WG_CONSUMER_REGS>();
+    // Consumer warpgroup cw owns rows 64 cw .. 64 cw + 63 of the tile; thread (warp w, lane l)
+    // rows r0 and r0 + 8, columns 8j + 2(l % 4) + {0, 1}.
+    const int cw = wg - 1;
+    const int warp = (threadIdx.x >> 5) & 3;
+    const int lane = threadIdx.x & 31;
+    const int r0 = 64 * cw + 16 * warp + (lane >> 2);
     float part[64];
     float acc[64];
 #pragma unroll
@@ -292,22 +329,32 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
         const int cnt = clamp_count(counts[e], T);
         const int m0 = mt * WG_BM;
         if (m0 >= cnt) continue;
+        // Uniform across the warpgroup (wgmma is warpgroup-collective).
+        const bool live = m0 + 64 * cw < cnt;
         const int row_lo = m0 + r0;
         const int row_hi = row_lo + 8;
 #pragma unroll
         for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
         const float* sa_e = sa + (long long)e * KB * T;
         const float* sb_t = sb + ((long long)e * NT + nt) * KB;
+        // Scales one K block ahead (plain loads, in flight while the tensor cores run). Rows past
+        // the count are never stored; their scale is 0 and never read from memory.
+        float sa_lo_next = row_lo < cnt ? sa_e[row_lo] : 0.0f;
+        float sa_hi_next = row_hi < cnt ? sa_e[row_hi] : 0.0f;
+        float sb_next = sb_t[0];
         for (int kb = 0; kb < KB; ++kb) {
-            // Scales first (plain loads, in flight while the tensor cores run). Rows past the
-            // count are never stored; their scale is 0 and never read from memory.
-            const float sa_lo = row_lo < cnt ? sa_e[(long long)kb * T + row_lo] : 0.0f;
-            const float sa_hi = row_hi < cnt ? sa_e[(long long)kb * T + row_hi] : 0.0f;
-            const float sbv = sb_t[kb];
+            const float sa_lo = sa_lo_next;
+            const float sa_hi = sa_hi_next;
+            const float sbv = sb_next;
+            if (kb + 1 < KB) {
+                sa_lo_next = row_lo < cnt ? sa_e[(long long)(kb + 1) * T + row_lo] : 0.0f;
+                sa_hi_next = row_hi < cnt ? sa_e[(long long)(kb + 1) * T + row_hi] : 0.0f;
+                sb_next = sb_t[kb + 1];
+            }
             const u32 a_tile = base + pos.stage * WG_STAGE_BYTES;
-            ring_consume(bars, pos);
-            block_partial(part, a_tile, a_tile + WG_A_BYTES);
-            ring_release(bars, pos);
+            ring_consume<WG_STAGES>(bars, pos);
+            if (live) block_partial(part, a_tile + 64 * WG_BK * cw, a_tile + WG_A_BYTES);
+            ring_release<WG_STAGES>(bars, pos);
             pos.advance();
             // Promotion (SPEC §5.3): acc = fma(f32(sa * sb), p, acc).
             const float s_lo = __fmul_rn(sa_lo, sbv);
@@ -320,6 +367,7 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
                 acc[4 * j + 3] = __fmaf_rn(s_hi, part[4 * j + 3], acc[4 * j + 3]);
             }
         }
+        if (!live) continue;
         // Epilogue: bf16 (RNE, canonical NaN), two columns per 32-bit store, live rows only.
         const int col0 = nt * WG_BN + 2 * (lane & 3);
 #pragma unroll
@@ -346,18 +394,18 @@ extern "C" __global__ void __launch_bounds__(128) moe_wgmma_probe_tma(const __gr
     extern __shared__ __align__(1024) u8 smem_raw[];
     u8* smem;
     const u32 base = aligned_smem_base(smem_raw, &smem);
-    const u32 bar = base + WG_A_BYTES;
+    const u32 bar = base + PB_BOX_BYTES;
     if (threadIdx.x == 0) {
         mbar_init(bar, 1);
         mbar_init_fence();
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-        mbar_arrive_expect_tx(bar, WG_A_BYTES);
+        mbar_arrive_expect_tx(bar, PB_BOX_BYTES);
         tma_load_3d(base, &map, bar, c0, c1, c2);
     }
     mbar_wait(bar, 0);
-    for (int i = threadIdx.x; i < WG_A_BYTES / 16; i += blockDim.x)
+    for (int i = threadIdx.x; i < PB_BOX_BYTES / 16; i += blockDim.x)
         reinterpret_cast<uint4*>(out)[i] = reinterpret_cast<const uint4*>(smem)[i];
 }
 
@@ -369,13 +417,13 @@ extern "C" __global__ void __launch_bounds__(128) moe_wgmma_probe_mma(const u8* 
     extern __shared__ __align__(1024) u8 smem_raw[];
     u8* smem;
     const u32 base = aligned_smem_base(smem_raw, &smem);
-    for (int i = threadIdx.x; i < (WG_A_BYTES + WG_B_BYTES) / 16; i += blockDim.x) {
-        const bool is_a = i < WG_A_BYTES / 16;
-        const int j = is_a ? i : i - WG_A_BYTES / 16;
+    for (int i = threadIdx.x; i < (PB_BOX_BYTES + WG_B_BYTES) / 16; i += blockDim.x) {
+        const bool is_a = i < PB_BOX_BYTES / 16;
+        const int j = is_a ? i : i - PB_BOX_BYTES / 16;
         const uint4 v = reinterpret_cast<const uint4*>(is_a ? a : b)[j];
         const u32 r = (u32)j >> 3;
         const u32 k = ((u32)j & 7u) << 4;
-        *reinterpret_cast<uint4*>(smem + (is_a ? 0 : WG_A_BYTES) + sw128_offset(r, k)) = v;
+        *reinterpret_cast<uint4*>(smem + (is_a ? 0 : PB_BOX_BYTES) + sw128_offset(r, k)) = v;
     }
     // Ordinary stores, read next by the tensor cores (async proxy).
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -383,7 +431,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_wgmma_probe_mma(const u8* 
     float part[64];
 #pragma unroll
     for (int i = 0; i < 64; ++i) part[i] = __int_as_float(0x7FC00000);
-    block_partial(part, base, base + WG_A_BYTES);
+    block_partial(part, base, base + PB_BOX_BYTES);
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
 #pragma unroll
@@ -401,36 +449,36 @@ extern "C" __global__ void __launch_bounds__(128) moe_wgmma_probe_mma(const u8* 
 // (c) The GEMM's ring alone: a producer lane loads `ntiles` A boxes (tile i: kb = i % KB,
 // row tile (i / KB) % MT, expert (i / (KB * MT)) % E) through the STAGES-deep ring; the consumer
 // warpgroup un-swizzles each into out[i * 8192 + r * 128 + k] and releases the stage. 160 threads.
-extern "C" __global__ void __launch_bounds__(WG_THREADS)
+extern "C" __global__ void __launch_bounds__(PB_THREADS)
     moe_wgmma_probe_ring(const __grid_constant__ TmaMap map, int E, int T, int K, int ntiles, u8* __restrict__ out) {
     extern __shared__ __align__(1024) u8 smem_raw[];
     u8* smem;
     const u32 base = aligned_smem_base(smem_raw, &smem);
-    const u32 bars = base + WG_STAGES * WG_A_BYTES;
-    ring_init(bars, WG_CONSUMERS / 32);
+    const u32 bars = base + PB_STAGES * PB_BOX_BYTES;
+    ring_init<PB_STAGES>(bars, PB_CONSUMERS / 32);
     const int KB = K / WG_BK;
-    const int MT = (T + WG_BM - 1) / WG_BM;
-    RingPos pos = {0u, 0u};
-    if ((int)threadIdx.x >= WG_CONSUMERS) {
-        if (threadIdx.x != WG_CONSUMERS) return;
+    const int MT = (T + PB_ROWS - 1) / PB_ROWS;
+    RingPos<PB_STAGES> pos = {0u, 0u};
+    if ((int)threadIdx.x >= PB_CONSUMERS) {
+        if (threadIdx.x != PB_CONSUMERS) return;
         tma_prefetch_map(&map);
         for (int i = 0; i < ntiles; ++i) {
-            ring_produce(bars, pos, WG_A_BYTES);
-            tma_load_3d(base + pos.stage * WG_A_BYTES, &map, full_bar(bars, pos.stage), (i % KB) * WG_BK, ((i / KB) % MT) * WG_BM,
+            ring_produce<PB_STAGES>(bars, pos, PB_BOX_BYTES);
+            tma_load_3d(base + pos.stage * PB_BOX_BYTES, &map, full_bar<PB_STAGES>(bars, pos.stage), (i % KB) * WG_BK, ((i / KB) % MT) * PB_ROWS,
                         (i / (KB * MT)) % E);
             pos.advance();
         }
         return;
     }
     for (int i = 0; i < ntiles; ++i) {
-        ring_consume(bars, pos);
-        const u8* tile = smem + pos.stage * WG_A_BYTES;
-        for (int c = threadIdx.x; c < WG_A_BYTES / 16; c += WG_CONSUMERS) {
+        ring_consume<PB_STAGES>(bars, pos);
+        const u8* tile = smem + pos.stage * PB_BOX_BYTES;
+        for (int c = threadIdx.x; c < PB_BOX_BYTES / 16; c += PB_CONSUMERS) {
             const u32 r = (u32)c >> 3;
             const u32 k = ((u32)c & 7u) << 4;
-            reinterpret_cast<uint4*>(out + (long long)i * WG_A_BYTES)[c] = *reinterpret_cast<const uint4*>(tile + sw128_offset(r, k));
+            reinterpret_cast<uint4*>(out + (long long)i * PB_BOX_BYTES)[c] = *reinterpret_cast<const uint4*>(tile + sw128_offset(r, k));
         }
-        ring_release(bars, pos);
+        ring_release<PB_STAGES>(bars, pos);
         pos.advance();
     }
 }

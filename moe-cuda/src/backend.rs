@@ -19,6 +19,7 @@ use moe_core::{
 };
 
 use crate::device::{driver_err, Device};
+use crate::kernels::GemmKernel;
 use crate::launch::{Launcher, XIn, GEMM_BM};
 use crate::limits;
 use crate::memory::{alloc, bf16_bits, bf16_bits_mut, commit1, commit2, fetch, scale_words, scale_words_mut, sync, upload};
@@ -404,7 +405,7 @@ impl BatchedExperts for CudaBackend {
             work.upload_workspace(s, p, ws)?;
         }
         work.upload_output(s, p, out)?;
-        stage::enqueue(&self.launcher(), p, &weights, &acts, &mut work)?;
+        stage::enqueue(&self.launcher(), p, GemmKernel::MmaSync, &weights, &acts, &mut work)?;
         sync(&self.dev, s, OP)?;
         let host_ws = work.fetch_workspace(s)?;
         let host_out = work.fetch_output(s)?;

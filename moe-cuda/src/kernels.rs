@@ -134,6 +134,61 @@ pub const NVRTC_OPTIONS: &[&str] = &[
     "--std=c++17",
 ];
 
+/// The grouped GEMM kernels of the CUDA backend.
+///
+/// `MmaSync` (gemm.cu) is the backend's `grouped_gemm` and meets SPEC §5.3's bound with
+/// `c = 2^-12` (measured `2^-25`); `Wgmma` (gemm_wgmma.cu: TMA, `wgmma` E4M3, warp-specialized,
+/// persistent) is opt-in: Hopper's FP8 tensor cores keep about 14 bits inside a 128-K partial,
+/// so it has its own, looser contract (docs/numerics.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum GemmKernel {
+    /// `mma.sync.m16n8k32` E4M3, 4 warps, persistent grid over live row tiles.
+    #[default]
+    MmaSync,
+    /// TMA + `wgmma m64n128k32` E4M3, one producer and two consumer warpgroups.
+    Wgmma,
+}
+
+impl GemmKernel {
+    /// Every kernel.
+    pub const ALL: [GemmKernel; 2] = [GemmKernel::MmaSync, GemmKernel::Wgmma];
+
+    /// The command-line name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            GemmKernel::MmaSync => "mma-sync",
+            GemmKernel::Wgmma => "wgmma",
+        }
+    }
+
+    /// The kernel called `name`, if any.
+    pub fn from_name(name: &str) -> Option<GemmKernel> {
+        GemmKernel::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The constant `c` of the kernel's GEMM bound `|d - d_ref| <= ulp_bf16(d_ref) + c · Σ_kb
+    /// |s_kb| · Σ |a·b|` (SPEC §5.3's form): SPEC's `2^-12` for `MmaSync` (it measures
+    /// `2^-25`); [`C_WGMMA`] for `Wgmma`.
+    pub const fn bound_c(self) -> f64 {
+        match self {
+            GemmKernel::MmaSync => 1.0 / 4096.0,
+            GemmKernel::Wgmma => C_WGMMA,
+        }
+    }
+}
+
+/// The bound constant of the `wgmma` kernel, `2^-6`, above SPEC §5.3's `2^-12`.
+///
+/// Measured on an H200 (tests/wgmma.rs, `probe_d`): one `wgmma ...k32` E4M3 step adds its 32
+/// products and the accumulator after aligning them to the largest, and drops every bit more
+/// than 13 places below that one (a product `2^(E-13)` is kept, `2^(E-14)` is lost whole, in
+/// either sign: truncation toward zero). So a step loses less than `32 · 2^(E-13)` with `2^E` at
+/// most the largest addend, itself at most `Σ|a·b|` of the block so far; four chained steps per
+/// 128-K block lose less than `4 · 32 · 2^-13 = 2^-6` of the block's `Σ|a·b|`. The probe's
+/// adversarial case loses `2^-6.62`; random full-range operands stay near `2^-11`
+/// (docs/numerics.md, "The wgmma kernel's contract").
+pub const C_WGMMA: f64 = 1.0 / 64.0;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ mod wgmma;
 
 pub(crate) use config::Config;
 use config::DEFAULT_DYN_SMEM;
-pub(crate) use wgmma::gemm_layouts;
+pub(crate) use wgmma::{gemm_layouts, WG_BM, WG_BN};
 
 /// Rows per tile of the grouped GEMM (`BM` in gemm.cu); the tile prefix is computed for it.
 pub(crate) const GEMM_BM: usize = 64;

@@ -35,7 +35,7 @@
 
 pub mod kernels;
 
-pub use kernels::{KernelId, NVRTC_OPTIONS};
+pub use kernels::{GemmKernel, KernelId, C_WGMMA, NVRTC_OPTIONS};
 
 /// Items that exist only with the `cuda` feature.
 macro_rules! with_cuda {

@@ -21,7 +21,7 @@ use moe_core::{
 
 use crate::backend::CudaBackend;
 use crate::device::{driver_err, Device};
-use crate::kernels::KernelId;
+use crate::kernels::{GemmKernel, KernelId};
 use crate::launch::Launcher;
 use crate::memory::{fetch, sync};
 use crate::stage::{self, Activations, Weights, Work};
@@ -188,7 +188,7 @@ impl ResidentExperts {
             dev: &self.dev,
             stream: &self.stream,
         };
-        stage::enqueue(&l, &self.p, &self.weights, &self.acts, &mut self.work)?;
+        stage::enqueue(&l, &self.p, GemmKernel::MmaSync, &self.weights, &self.acts, &mut self.work)?;
         Ok(())
     }
 

@@ -12,7 +12,8 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use moe_core::{check_counts, check_len, DeviceError, ExpertsStage, ExpertsWorkspace, MoeResult, ProblemError, Scales, WeightsRef};
 
-use crate::launch::{Launcher, GEMM_BM};
+use crate::kernels::GemmKernel;
+use crate::launch::{gemm_layouts, Launcher, GEMM_BM};
 use crate::limits;
 use crate::memory::{alloc, bf16_bits, fetch, scale_words, upload_into};
 
@@ -189,12 +190,38 @@ impl Work {
     }
 }
 
+/// Whether `kernel` can run the stage's two GEMMs: `Err` names the limit the shape breaks (the
+/// wgmma kernel's TMA layouts); packed UE8M0 scales are `Ok` (the stage then runs `mma.sync`).
+pub(crate) fn check_kernel(p: &ExpertsStage, kernel: GemmKernel) -> Result<(), ProblemError> {
+    let (e, t, k, i) = (p.experts(), p.capacity(), p.k(), p.i());
+    if kernel == GemmKernel::Wgmma && !p.scale_format().is_packed() {
+        gemm_layouts(e, t, 2 * i, k)?;
+        gemm_layouts(e, t, k, i)?;
+    }
+    Ok(())
+}
+
 /// Enqueues one step of the stage on `l`'s stream: the counts prefix, GEMM1, SiLU-mul-quant,
 /// GEMM2. Every grid depends on the shape only and every kernel clamps the device counts, so
 /// the sequence allocates nothing, synchronizes nothing and can be captured in a graph.
-pub(crate) fn enqueue(l: &Launcher<'_>, p: &ExpertsStage, w: &Weights, a: &Activations, work: &mut Work) -> Result<(), DeviceError> {
+/// `kernel` picks the GEMM kernel (`Wgmma` needs [`check_kernel`] first; with packed scales it
+/// runs `mma.sync`).
+pub(crate) fn enqueue(
+    l: &Launcher<'_>,
+    p: &ExpertsStage,
+    kernel: GemmKernel,
+    w: &Weights,
+    a: &Activations,
+    work: &mut Work,
+) -> Result<(), DeviceError> {
     let (e, t, k, i) = (p.experts(), p.capacity(), p.k(), p.i());
     let fmt = p.scale_format();
+    if kernel == GemmKernel::Wgmma && !fmt.is_packed() {
+        l.grouped_gemm_wgmma(&a.a1q, &a.a1s, &w.w1, &w.w1s, &mut work.h1, &a.counts, (e, t, 2 * i, k))?;
+        l.counts_prefix(&a.counts, e, t, GEMM_BM, &mut work.prefix, &mut work.tile_prefix)?;
+        l.silu_mul_quant(&work.h1, &mut work.q2, &mut work.s2, (e, t, i), &work.prefix, fmt, p.numerics())?;
+        return l.grouped_gemm_wgmma(&work.q2, &work.s2, &w.w2, &w.w2s, &mut work.out, &a.counts, (e, t, k, i));
+    }
     l.counts_prefix(&a.counts, e, t, GEMM_BM, &mut work.prefix, &mut work.tile_prefix)?;
     l.grouped_gemm(
         &a.a1q,

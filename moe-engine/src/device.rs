@@ -36,6 +36,14 @@ impl GemmContract {
     /// The largest `c` SPEC §5.3 allows.
     pub const C_MAX: f64 = 1.0 / 4096.0;
 
+    /// The contract of the CUDA backend's GEMM kernel `kernel`: SPEC §5.3's for `mma.sync` (the
+    /// backend's `grouped_gemm` and experts stage); for the opt-in `wgmma` kernel its own
+    /// constant [`moe_cuda::C_WGMMA`], above SPEC's `2^-12` (Hopper's FP8 tensor cores keep
+    /// about 14 bits inside a partial: docs/numerics.md, "The wgmma kernel's contract").
+    pub const fn of_cuda_kernel(kernel: moe_cuda::GemmKernel) -> GemmContract {
+        GemmContract::Bounded { c: kernel.bound_c() }
+    }
+
     /// A bounded contract with a caller-chosen `c` (e.g. `moe diff --gemm-c`), which must be a
     /// finite number in `[0, 2^-12]`: a larger or infinite `c` would pass any GEMM.
     pub fn bounded(c: f64) -> Result<Self, InputError> {

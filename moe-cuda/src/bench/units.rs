@@ -11,19 +11,28 @@ use std::sync::Arc;
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use moe_core::{
-    check_counts, check_len, Activation, BlockQuant, DeviceError, ExpertsStage, Finalize, GroupedGemm, MoeResult, Prepare, ProblemError,
-    ScaleBuf, ScaleFormat, Scales, SiluMulQuant, WeightsRef, GROUP,
+    check_counts, check_len, Activation, BlockQuant, DeviceError, ExpertsInputs, ExpertsStage, Finalize, GroupedGemm, MoeResult, Prepare, ProblemError,
+    ScaleBuf, ScaleFormat, Scales, SiluMulQuant, GROUP,
 };
 
 use super::{Bench, Graph, OP};
-use crate::launch::{XIn, GEMM_BM, GEMM_BN};
+use crate::kernels::GemmKernel;
+use crate::launch::{gemm_layouts, XIn, GEMM_BM, GEMM_BN, WG_BM, WG_BN};
 use crate::limits;
 use crate::memory::{alloc, bf16_bits, fetch, scale_words, sync, upload};
 use crate::stage::{self, Activations, Weights, Work};
 
-/// The tile configuration of today's grouped GEMM, as the report names it.
-pub fn gemm_config() -> String {
-    format!("mma.sync.m16n8k32 e4m3, {GEMM_BM}x{GEMM_BN} tiles, 4 warps, persistent grid over live row tiles (fixed)")
+/// The tile configuration of a grouped GEMM kernel, as the report names it.
+pub fn gemm_config(kernel: GemmKernel) -> String {
+    match kernel {
+        GemmKernel::MmaSync => {
+            format!("mma.sync.m16n8k32 e4m3, {GEMM_BM}x{GEMM_BN} tiles, 4 warps, persistent grid over live row tiles (fixed)")
+        }
+        GemmKernel::Wgmma => format!(
+            "TMA + wgmma.m64n128k32 e4m3 (chained per 128-K block), {WG_BM}x{WG_BN} tiles, 6-stage ring, \
+             1 producer + 2 consumer warpgroups (setmaxnreg 40/232), persistent grid (1 CTA/SM)"
+        ),
+    }
 }
 
 fn download_bf16(bench: &Bench, d: &CudaSlice<u16>) -> Result<Vec<bf16>, DeviceError> {
@@ -99,8 +108,17 @@ impl std::fmt::Debug for GemmUnit {
 
 impl GemmUnit {
     /// `p`'s `(N, K)` and `E` must be the weights'; `a`, `sa` and `counts` are validated as the
-    /// backend validates them.
-    pub fn new(bench: &Bench, p: &GroupedGemm, weights: Arc<GemmWeights>, a: &[u8], sa: Scales<'_>, counts: &[i32]) -> MoeResult<Self> {
+    /// backend validates them. `kernel` picks the GEMM kernel the graph holds (the wgmma kernel
+    /// takes f32 activation scales only: packed ones are an `Unsupported` error).
+    pub fn new(
+        bench: &Bench,
+        kernel: GemmKernel,
+        p: &GroupedGemm,
+        weights: Arc<GemmWeights>,
+        a: &[u8],
+        sa: Scales<'_>,
+        counts: &[i32],
+    ) -> MoeResult<Self> {
         let (e, t, n, k) = (p.experts(), p.capacity(), p.n(), p.k());
         if weights.dims() != (e, n, k) {
             return Err(ProblemError::Unsupported {
@@ -122,8 +140,22 @@ impl GemmUnit {
         let mut d = alloc::<u16>(s, e * t * n, OP)?;
         bench.launcher().counts_prefix(&c_d, e, t, GEMM_BM, &mut prefix, &mut tiles)?;
         let fmt = p.scale_format();
-        let graph =
-            bench.capture(|l| l.grouped_gemm(&a_d, &sa_d, fmt, &weights.b, &weights.sb, &mut d, &c_d, &tiles, (e, t, n, k), true))?;
+        let dims = (e, t, n, k);
+        let graph = match kernel {
+            GemmKernel::MmaSync => {
+                bench.capture(|l| l.grouped_gemm(&a_d, &sa_d, fmt, &weights.b, &weights.sb, &mut d, &c_d, &tiles, dims, true))?
+            }
+            GemmKernel::Wgmma => {
+                if fmt.is_packed() {
+                    return Err(ProblemError::Unsupported {
+                        what: "packed UE8M0 activation scales in the wgmma GEMM".into(),
+                    }
+                    .into());
+                }
+                gemm_layouts(e, t, n, k)?;
+                bench.capture(|l| l.grouped_gemm_wgmma(&a_d, &sa_d, &weights.b, &weights.sb, &mut d, &c_d, dims))?
+            }
+        };
         Ok(GemmUnit {
             graph,
             weights,
@@ -382,7 +414,7 @@ impl BlockQuantUnit {
 }
 
 /// The whole experts stage (counts prefix, GEMM1, SiLU-mul-quant, GEMM2) on resident weights and
-/// activations, captured as one graph.
+/// activations, captured as one graph; `kernel` picks the GEMMs (packed scales run `mma.sync`).
 pub struct StageUnit {
     graph: Graph,
     _weights: Weights,
@@ -398,23 +430,16 @@ impl std::fmt::Debug for StageUnit {
 
 impl StageUnit {
     /// Inputs validated like `ExpertsStage::check`.
-    pub fn new(
-        bench: &Bench,
-        p: &ExpertsStage,
-        a1q: &[u8],
-        a1s: Scales<'_>,
-        w1: WeightsRef<'_>,
-        w2: WeightsRef<'_>,
-        counts: &[i32],
-    ) -> MoeResult<Self> {
+    pub fn new(bench: &Bench, kernel: GemmKernel, p: &ExpertsStage, inputs: ExpertsInputs<'_>) -> MoeResult<Self> {
         stage::check_dims(p)?;
+        stage::check_kernel(p, kernel)?;
         let st = &bench.stream;
         let mut weights = Weights::alloc(st, p)?;
-        weights.upload(st, p, &w1, &w2)?;
+        weights.upload(st, p, &inputs.w1, &inputs.w2)?;
         let mut acts = Activations::alloc(st, p)?;
-        acts.upload(st, p, a1q, &a1s, counts)?;
+        acts.upload(st, p, inputs.a1q, &inputs.a1s, inputs.counts)?;
         let mut work = Work::alloc(st, p)?;
-        let graph = bench.capture(|l| stage::enqueue(l, p, &weights, &acts, &mut work))?;
+        let graph = bench.capture(|l| stage::enqueue(l, p, kernel, &weights, &acts, &mut work))?;
         Ok(StageUnit {
             graph,
             _weights: weights,

@@ -12,26 +12,32 @@ use super::{need, need_gemm, Arg, Args, Config, Launcher};
 use crate::kernels::KernelId;
 use crate::tma::TiledE4m3;
 
-/// Rows per tile (`WG_BM`): the consumer warpgroup's wgmma M.
-pub(crate) const WG_BM: usize = 64;
+/// Rows per tile (`WG_BM`): two consumer warpgroups of 64 rows (the wgmma M).
+pub(crate) const WG_BM: usize = 128;
 /// Columns per tile (`WG_BN`): the wgmma N, one weight-scale block.
 pub(crate) const WG_BN: usize = 128;
-/// Stages of the shared-memory ring (`WG_STAGES`).
-const WG_STAGES: u32 = 4;
-/// Bytes of one A box (64 rows x 128 K) and one B box (128 rows x 128 K).
+/// Stages of the GEMM's shared-memory ring (`WG_STAGES`).
+const WG_STAGES: u32 = 6;
+/// Bytes of one A box (128 rows x 128 K) and one B box (128 rows x 128 K).
 const A_BYTES: u32 = (WG_BM * GROUP) as u32;
 const B_BYTES: u32 = (WG_BN * GROUP) as u32;
+/// The probes' boxes: 64 rows (`PB_ROWS`) x 128 K, through a 4-stage ring (`PB_STAGES`).
+const PB_ROWS: usize = 64;
+const PB_BOX_BYTES: u32 = (PB_ROWS * GROUP) as u32;
+const PB_STAGES: u32 = 4;
+/// The probes' block: one consumer warpgroup and one producer warp (`PB_THREADS`).
+const PB_THREADS: u32 = 160;
 /// Slack for aligning the dynamic shared memory to 1024 bytes (the 128-byte swizzle's period).
 const ALIGN_SLACK: u32 = 1024;
-/// One consumer warpgroup and one producer warp (`WG_THREADS`).
-const WG_THREADS: u32 = 160;
+/// One producer warpgroup and two consumer warpgroups (`WG_THREADS`).
+const WG_THREADS: u32 = 384;
 /// Dynamic shared memory of the GEMM: the ring's stages, then 2 x STAGES mbarriers of 8 bytes.
 pub(crate) const GEMM_SMEM: u32 = ALIGN_SLACK + WG_STAGES * (A_BYTES + B_BYTES) + 2 * WG_STAGES * 8;
-/// CTAs per SM the grid is sized for (the kernel's `__launch_bounds__(160, 1)`: the k32 partials
-/// summed in f32 need a third accumulator array, so one CTA's registers fill the SM's file).
+/// CTAs per SM the grid is sized for (the kernel's `__launch_bounds__(384, 1)`: the consumers
+/// raise their registers to 232 with `setmaxnreg`, which fills the SM's file).
 const CTAS_PER_SM: u32 = 1;
 
-/// The tensor maps' layouts of `a (E, T, K)` (boxes of 64 rows) and `b (E, N, K)` (boxes of
+/// The tensor maps' layouts of `a (E, T, K)` (boxes of 128 rows) and `b (E, N, K)` (boxes of
 /// 128 rows), or the TMA limit that the shape breaks, by tensor and dimension.
 pub(crate) fn gemm_layouts(e: usize, t: usize, n: usize, k: usize) -> Result<(TiledE4m3, TiledE4m3), ProblemError> {
     Ok((TiledE4m3::new("a", e, t, k, WG_BM)?, TiledE4m3::new("b", e, n, k, WG_BN)?))
@@ -47,16 +53,16 @@ impl<'a> Args<'a> {
     }
 }
 
-// Two CTAs fit in an SM's 228 KiB (1 KiB per CTA is reserved by the system), and within the
+// The CTA fits in an SM's 228 KiB (1 KiB per CTA is reserved by the system), and within the
 // launch helper's limit; the probes need no raised limit.
 const _: () = assert!(CTAS_PER_SM * (GEMM_SMEM + 1024) <= 228 * 1024);
 const _: () = assert!(GEMM_SMEM <= super::config::MAX_DYN_SMEM);
 const _: () = assert!(PROBE_TMA_SMEM <= 48 * 1024 && PROBE_MMA_SMEM <= 48 * 1024 && PROBE_RING_SMEM <= 48 * 1024);
 
 /// Dynamic shared memory of a probe kernel, in bytes.
-const PROBE_TMA_SMEM: u32 = ALIGN_SLACK + A_BYTES + 8;
-const PROBE_MMA_SMEM: u32 = ALIGN_SLACK + A_BYTES + B_BYTES;
-const PROBE_RING_SMEM: u32 = ALIGN_SLACK + WG_STAGES * A_BYTES + 2 * WG_STAGES * 8;
+const PROBE_TMA_SMEM: u32 = ALIGN_SLACK + PB_BOX_BYTES + 8;
+const PROBE_MMA_SMEM: u32 = ALIGN_SLACK + PB_BOX_BYTES + B_BYTES;
+const PROBE_RING_SMEM: u32 = ALIGN_SLACK + PB_STAGES * PB_BOX_BYTES + 2 * PB_STAGES * 8;
 
 fn with_smem(grid: u32, block: u32, dyn_smem: u32) -> Config {
     Config {
@@ -97,9 +103,9 @@ impl Launcher<'_> {
         // kernel walks tiles (e < E, m0 < T, n0 < N) of the fixed tile space, reads `sa` at
         // (e, kb, t) only for t < clamp(counts[e], 0, T) <= T, `sb` at (e, n0/128, kb) with
         // kb < K/128, and writes `d` at (e, t, n0..n0+128) only for t < clamp(counts[e], 0, T):
-        // all within the asserted lengths. It needs exactly 160 threads (4 consumer warps + 1
-        // producer warp; its empty barriers count 4 arrivals) and GEMM_SMEM bytes of dynamic
-        // shared memory (1024 slack + 4 stages x 24 KiB + 8 barriers).
+        // all within the asserted lengths. It needs exactly 384 threads (a producer warpgroup
+        // and two consumer warpgroups; its empty barriers count 8 arrivals) and GEMM_SMEM bytes of dynamic
+        // shared memory (1024 slack + 6 stages x 32 KiB + 12 barriers).
         unsafe {
             self.launch(
                 KernelId::GemmWgmma,
@@ -122,9 +128,9 @@ impl Launcher<'_> {
         out: &mut CudaSlice<u8>,
     ) -> Result<(), DeviceError> {
         const OP: &str = "wgmma probe (tma)";
-        let layout = TiledE4m3::new("src", e, rows, k, WG_BM).expect("moe-cuda bug: probe shape");
+        let layout = TiledE4m3::new("src", e, rows, k, PB_ROWS).expect("moe-cuda bug: probe shape");
         need(src, e * rows * k, "src");
-        need(out, A_BYTES as usize, "out");
+        need(out, PB_BOX_BYTES as usize, "out");
         let mut args = Args::new(self.stream);
         args.tensor_map(src, &layout, OP)?;
         args.dim(coords.0).dim(coords.1).dim(coords.2).buf_mut(out);
@@ -147,9 +153,9 @@ impl Launcher<'_> {
     /// 64 x 128 tile over K = 128 (`a` 64 x 128 and `b` 128 x 128 row-major E4M3).
     pub(crate) fn wgmma_probe_mma(&self, a: &CudaSlice<u8>, b: &CudaSlice<u8>, out: &mut CudaSlice<f32>) -> Result<(), DeviceError> {
         const OP: &str = "wgmma probe (mma)";
-        need(a, A_BYTES as usize, "a");
+        need(a, PB_BOX_BYTES as usize, "a");
         need(b, B_BYTES as usize, "b");
-        need(out, WG_BM * WG_BN, "out");
+        need(out, PB_ROWS * WG_BN, "out");
         let mut args = Args::new(self.stream);
         args.buf(a).buf(b).buf_mut(out);
         // SAFETY: arguments match the C signature above (three device pointers). The kernel
@@ -177,9 +183,9 @@ impl Launcher<'_> {
         out: &mut CudaSlice<u8>,
     ) -> Result<(), DeviceError> {
         const OP: &str = "wgmma probe (ring)";
-        let layout = TiledE4m3::new("src", e, rows, k, WG_BM).expect("moe-cuda bug: probe shape");
+        let layout = TiledE4m3::new("src", e, rows, k, PB_ROWS).expect("moe-cuda bug: probe shape");
         need(src, e * rows * k, "src");
-        need(out, ntiles * A_BYTES as usize, "out");
+        need(out, ntiles * PB_BOX_BYTES as usize, "out");
         let mut args = Args::new(self.stream);
         args.tensor_map(src, &layout, OP)?;
         args.dim(e).dim(rows).dim(k).dim(ntiles).buf_mut(out);
@@ -192,7 +198,7 @@ impl Launcher<'_> {
             self.launch(
                 KernelId::GemmWgmma,
                 "moe_wgmma_probe_ring",
-                with_smem(1, WG_THREADS, PROBE_RING_SMEM),
+                with_smem(1, PB_THREADS, PROBE_RING_SMEM),
                 args,
                 OP,
             )
@@ -206,7 +212,7 @@ mod tests {
 
     #[test]
     fn the_gemm_shared_memory_is_the_kernels_layout() {
-        assert_eq!(GEMM_SMEM, 1024 + 4 * 24576 + 64);
+        assert_eq!(GEMM_SMEM, 1024 + 6 * 32768 + 96);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use moe_ref_cpu::CpuBackend;
 use rayon::prelude::*;
 
 use super::report::Check;
+use super::GemmKernel;
 use crate::device::GemmContract;
 use crate::error::EngineError;
 use crate::rng::{mix64, Rng};
@@ -26,6 +27,20 @@ use moe_core::calc_diff_bf16 as calc_diff;
 pub const BASELINE_CALC_DIFF_MAX: f64 = 1e-3;
 /// The stage's acceptance against the reference (SPEC §5.4).
 pub const STAGE_CALC_DIFF_MAX: f64 = 1e-5;
+
+/// The experts stage's `calc_diff` bound when its GEMMs run the opt-in wgmma kernel, above SPEC
+/// §5.4's `1e-5`: the FP8 tensor cores' partials (`C_WGMMA`) move `h1` enough to flip the FP8
+/// rounding of more `q2` elements. Measured on an H200 (DeepSeek-V3 decode shapes, router
+/// counts): 1.7e-5 to 2.0e-5 (docs/numerics.md).
+pub const STAGE_CALC_DIFF_MAX_WGMMA: f64 = 1e-4;
+
+/// The stage's `calc_diff` bound for the CUDA GEMM kernel `kernel`.
+pub fn stage_calc_diff_max(kernel: GemmKernel) -> f64 {
+    match kernel {
+        GemmKernel::MmaSync => STAGE_CALC_DIFF_MAX,
+        GemmKernel::Wgmma => STAGE_CALC_DIFF_MAX_WGMMA,
+    }
+}
 
 /// Random E4M3 bytes (never a NaN code), `n` of them, from `seed`, filled in parallel.
 pub fn e4m3_bytes(seed: u64, n: usize) -> Vec<u8> {

@@ -199,8 +199,8 @@ impl Target for GpuTarget {
 
     fn gemm(&mut self, cfg: &BenchConfig, g: &GemmData) -> Result<Measured<Vec<bf16>>, EngineError> {
         let w = self.device_weights(&g.w)?;
-        let unit = GemmUnit::new(&self.bench, &g.p, w, &g.a, Scales::F32(&g.sa), &g.counts)?;
-        self.measure(cfg, &unit, GemmUnit::graph, GemmUnit::download_d, gemm_config())
+        let unit = GemmUnit::new(&self.bench, cfg.gemm_kernel, &g.p, w, &g.a, Scales::F32(&g.sa), &g.counts)?;
+        self.measure(cfg, &unit, GemmUnit::graph, GemmUnit::download_d, gemm_config(cfg.gemm_kernel))
     }
 
     fn gemm_baseline(&mut self, cfg: &BenchConfig, g: &GemmData) -> Result<Measured<Vec<bf16>>, String> {
@@ -273,8 +273,7 @@ impl Target for GpuTarget {
     fn stage(&mut self, cfg: &BenchConfig, p: &ExpertsStage, s: &StageInputs) -> Result<Measured<Vec<bf16>>, EngineError> {
         // The stage uploads its own weights: drop the cached GEMM weights first.
         self.weights = None;
-        let v = s.view();
-        let unit = StageUnit::new(&self.bench, p, v.a1q, v.a1s, v.w1, v.w2, v.counts)?;
+        let unit = StageUnit::new(&self.bench, cfg.gemm_kernel, p, s.view())?;
         self.measure(
             cfg,
             &unit,
@@ -282,7 +281,7 @@ impl Target for GpuTarget {
             StageUnit::download,
             format!(
                 "counts prefix + GEMM1 + SiLU-mul-quant + GEMM2 in one graph; GEMM: {}",
-                gemm_config()
+                gemm_config(cfg.gemm_kernel)
             ),
         )
     }
