@@ -2,7 +2,8 @@
 //! `sm_90a` (no GPU needed) and prints the
 //! `ptxas` resource report (registers, spills, shared memory) of each entry point.
 //! Run by `cargo xtask nvrtc-check`; exits non-zero on any failure, including a ptxas
-//! note that it serialized `wgmma` instructions or injected waits around them (C75xx).
+//! note that it serialized `wgmma` instructions or injected waits around them (C75xx), a
+//! register spill, and any NVRTC warning.
 
 use std::process::ExitCode;
 
@@ -49,8 +50,16 @@ fn main() -> ExitCode {
                         .filter(|l| l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads"))
                         .collect();
                     if !spills.is_empty() {
-                        println!("   WARNING: spills: {spills:?}");
+                        failed += 1;
+                        println!("   FAILED: register spills: {spills:?}");
                     }
+                }
+                // NVRTC's own warnings (a shadowed declaration, a narrowing, an unused value)
+                // are bugs waiting to happen in code compiled at run time: a failure too.
+                let warnings: Vec<&str> = c.log.lines().filter(|l| l.contains(": warning")).collect();
+                if !warnings.is_empty() {
+                    failed += 1;
+                    println!("   FAILED: NVRTC warnings: {warnings:?}");
                 }
             }
             Err(e) => {
