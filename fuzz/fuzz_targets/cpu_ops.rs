@@ -56,7 +56,7 @@ fn both<O: Clone + std::fmt::Debug>(out: O, f: impl Fn(&dyn Backend, &mut O) -> 
 }
 
 fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
-    let op = u8::arbitrary(u)? % 7;
+    let op = u8::arbitrary(u)? % 8;
     let (e, t, g) = (
         1 + u8::arbitrary(u)? as usize % 3,
         1 + u8::arbitrary(u)? as usize % 5,
@@ -151,6 +151,33 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                 (vec![0xA5u8; e * t * k], sbuf(fmt, e * t * cols), vec![-7i32; e]),
                 |be, o| be.prepare(&p, &x, &ids, &mut o.0, o.1.view_mut(), &mut o.2),
                 |a, b| a.0 == b.0 && bits(&a.1) == bits(&b.1) && a.2 == b.2,
+            );
+        }
+        6 => {
+            // The router over `t` tokens: arbitrary logit and bias bits (NaN logits must give
+            // the same error), groups of 2 to 7 experts.
+            let gr = 1 + u8::arbitrary(u)? as usize % 4;
+            let eg = gr * (2 + u8::arbitrary(u)? as usize % 6);
+            let tg = 1 + u8::arbitrary(u)? as usize % gr;
+            let scoring = if bool::arbitrary(u)? { Scoring::Sigmoid } else { Scoring::Softmax };
+            let cfg = RouterConfig {
+                n_group: gr,
+                topk_group: tg,
+                renormalize: bool::arbitrary(u)?,
+                routed_scaling_factor: f32::from_bits(u32::arbitrary(u)?).abs(),
+                bias: bool::arbitrary(u)?,
+                ..RouterConfig::new(1 + u8::arbitrary(u)? as usize % (tg * eg / gr), scoring)
+            };
+            // A non-finite scaling factor is the problem type's to reject.
+            let Ok(p) = Route::new(t, eg, cfg) else { return Ok(()) };
+            let logits = f32s(u, t * eg)?;
+            let bias = f32s(u, eg)?;
+            let bias = cfg.bias.then_some(&bias[..]);
+            let n = t * cfg.topk;
+            both(
+                (vec![-7i32; n], vec![f32::from_bits(0x7FA5_A5A5); n]),
+                |be, o| be.route(&p, &logits, bias, &mut o.0, &mut o.1),
+                |a, b| a.0 == b.0 && a.1.iter().map(|v| v.to_bits()).eq(b.1.iter().map(|v| v.to_bits())),
             );
         }
         _ => {

@@ -1,5 +1,6 @@
-//! Problem validation on arbitrary shapes, counts and topk ids: every constructor, `check*`
-//! method and `Routing::new` must return `Ok` or an error, never panic or abort.
+//! Problem validation on arbitrary shapes, counts, topk ids and router settings: every
+//! constructor, `check*` method and `Routing::new` must return `Ok` or an error, never panic or
+//! abort.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -97,6 +98,19 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     if let Ok(p) = Finalize::new(m, k, topk, e, t) {
         let w = vec![0f32; len(u, m.saturating_mul(topk))?];
         let _ = p.check(&[], &ids, &w, &[]);
+    }
+    let cfg = RouterConfig {
+        n_group: dim(u)?,
+        topk_group: dim(u)?,
+        renormalize: bool::arbitrary(u)?,
+        routed_scaling_factor: f32::from_bits(u32::arbitrary(u)?),
+        bias: bool::arbitrary(u)?,
+        ..RouterConfig::new(topk, Scoring::Sigmoid)
+    };
+    if let Ok(p) = Route::new(m, e, cfg) {
+        let logits = vec![0f32; len(u, m.saturating_mul(e))?];
+        let w = vec![0f32; len(u, m.saturating_mul(topk))?];
+        let _ = (p.check(&logits, None, &ids, &w), p.check_logits(&logits));
     }
     let _ = estimate_expected_m(dim(u)?, dim(u)?, dim(u)?, t, Some(&counts));
     Ok(())

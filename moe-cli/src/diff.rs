@@ -28,7 +28,7 @@ pub struct DiffArgs {
     /// Threads of the CPU backend (default: all).
     #[arg(long)]
     threads: Option<usize>,
-    /// Only these operations (repeatable): token-group-quant, batched-quant, block-quant,
+    /// Only these operations (repeatable): route, token-group-quant, batched-quant, block-quant,
     /// silu-mul-quant, grouped-gemm, experts, prepare, finalize.
     #[arg(long = "op")]
     ops: Vec<String>,

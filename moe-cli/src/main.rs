@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use moe_core::{Numerics, ScaleFormat};
+use moe_core::{Numerics, ScaleFormat, Scoring};
 use moe_engine::weights::{safetensors as st, MappedFile};
 use moe_engine::{device, pipeline, Device, DeviceKind, EngineError, InputError, Op, OpOptions, RunConfig};
 
@@ -77,6 +77,10 @@ fn parse_scale_fmt(s: &str) -> Result<ScaleFormat, String> {
 
 fn parse_numerics(s: &str) -> Result<Numerics, String> {
     Numerics::from_name(s).ok_or_else(|| format!("unknown numerics `{s}` (expected vllm-bf16 or f32)"))
+}
+
+fn parse_scoring(s: &str) -> Result<Scoring, String> {
+    Scoring::from_name(s).ok_or_else(|| format!("unknown scoring `{s}` (expected sigmoid or softmax)"))
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +153,24 @@ struct OpArgs {
     /// prepare: the capacity T.
     #[arg(long)]
     capacity: Option<usize>,
+    /// route: experts per token k (num_experts_per_tok).
+    #[arg(long)]
+    topk: Option<usize>,
+    /// route: how logits become scores (scoring_func).
+    #[arg(long, value_parser = parse_scoring)]
+    scoring: Option<Scoring>,
+    /// route: groups G of contiguous experts (n_group; with --topk-groups).
+    #[arg(long)]
+    groups: Option<usize>,
+    /// route: groups kept per token TG (topk_group; with --groups).
+    #[arg(long)]
+    topk_groups: Option<usize>,
+    /// route: divide the weights by their sum (norm_topk_prob).
+    #[arg(long)]
+    renormalize: bool,
+    /// route: the factor every weight is multiplied by last (routed_scaling_factor; default 1).
+    #[arg(long)]
+    routed_scaling: Option<f32>,
     /// Worker threads of the CPU backend (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -236,6 +258,12 @@ fn cmd_op(a: OpArgs) -> Result<(), EngineError> {
         pow2: a.pow2,
         experts: a.experts,
         capacity: a.capacity,
+        topk: a.topk,
+        scoring: a.scoring,
+        groups: a.groups,
+        topk_groups: a.topk_groups,
+        renormalize: a.renormalize,
+        routed_scaling: a.routed_scaling,
     };
     let file = MappedFile::open(&a.input)?;
     // Validate before opening a device, so bad input is reported as such on every machine.

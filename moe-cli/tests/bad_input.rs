@@ -160,6 +160,64 @@ fn flags_that_are_missing_or_do_not_apply_are_usage_errors() {
     rejects("pow2", "token-group-quant", &x_file(1, 128), &["--pow2"], &["--pow2"]);
 }
 
+/// A router input: `logits (m, eg)` counting up by 0.1, NaN at the indices `nan`, and a zero
+/// `bias` of shape `bias` if given.
+fn route_file(m: usize, eg: usize, nan: &[usize], bias: Option<&[usize]>) -> Vec<u8> {
+    let mut l: Vec<f32> = (0..m * eg).map(|i| i as f32 * 0.1).collect();
+    for &i in nan {
+        l[i] = f32::NAN;
+    }
+    let mut t = vec![f32_t("logits", &[m, eg], &l)];
+    if let Some(shape) = bias {
+        t.push(f32_t("bias", shape, &vec![0.0; shape.iter().product()]));
+    }
+    st_bytes(&t)
+}
+
+#[test]
+fn route_names_a_nan_logits_token_a_bad_setting_and_a_bad_bias() {
+    let flags = ["--topk", "2", "--scoring", "softmax"];
+    // Token 1, expert 3 comes first in (token, expert) order.
+    let mut file = route_file(3, 8, &[2 * 8, 8 + 5, 8 + 3], None);
+    rejects("route-nan", "route", &file, &flags, &["`logits`", "token 1", "expert 3"]);
+    file = route_file(3, 8, &[], None);
+    let groups = ["--topk", "2", "--scoring", "sigmoid", "--groups", "3", "--topk-groups", "1"];
+    rejects("route-groups", "route", &file, &groups, &["n_group", "= 3", "8 experts"]);
+    let tg = ["--topk", "2", "--scoring", "sigmoid", "--groups", "4", "--topk-groups", "5"];
+    rejects("route-tg", "route", &file, &tg, &["topk_group", "= 5"]);
+    let many = ["--topk", "5", "--scoring", "sigmoid", "--groups", "4", "--topk-groups", "2"];
+    rejects("route-topk", "route", &file, &many, &["topk", "= 5", "4 experts left"]);
+    let scale = ["--topk", "2", "--scoring", "sigmoid", "--routed-scaling=-1"];
+    rejects("route-scale", "route", &file, &scale, &["routed_scaling_factor", "= -1"]);
+    let bias = route_file(3, 8, &[], Some(&[7]));
+    rejects("route-bias", "route", &bias, &flags, &["`bias`", "(7)"]);
+    let bias = route_file(3, 8, &[], Some(&[1, 8]));
+    rejects("route-bias-rank", "route", &bias, &flags, &["`bias`", "rank"]);
+}
+
+#[test]
+fn route_flags_that_are_missing_or_do_not_apply_are_usage_errors() {
+    let file = route_file(2, 4, &[], None);
+    rejects("route-no-topk", "route", &file, &["--scoring", "softmax"], &["--topk"]);
+    rejects("route-no-scoring", "route", &file, &["--topk", "2"], &["--scoring"]);
+    let half = ["--topk", "2", "--scoring", "softmax", "--groups", "2"];
+    rejects("route-half-groups", "route", &file, &half, &["--groups", "--topk-groups"]);
+    rejects(
+        "route-topk-elsewhere",
+        "token-group-quant",
+        &x_file(1, 128),
+        &["--topk", "2"],
+        &["--topk", "route"],
+    );
+    rejects(
+        "route-logits",
+        "route",
+        &x_file(1, 128),
+        &["--topk", "1", "--scoring", "softmax"],
+        &["`logits`", "missing"],
+    );
+}
+
 #[test]
 fn missing_input_file_exits_2_and_existing_output_is_untouched() {
     let dir = tmp_dir("nofile");
@@ -205,14 +263,26 @@ fn read_inputs_survives_every_truncation_and_byte_flip_of_valid_files() {
                 i32_t("topk_ids", &[2, 2], &[0, 1, -1, 2]),
             ]),
         ),
+        (Op::Route, route_file(2, 8, &[], Some(&[8]))),
     ];
-    let opts = OpOptions {
+    let prepare = OpOptions {
         experts: Some(3),
         capacity: Some(2),
         ..OpOptions::default()
     };
+    let route = OpOptions {
+        topk: Some(2),
+        scoring: Some(moe_core::Scoring::Sigmoid),
+        groups: Some(4),
+        topk_groups: Some(2),
+        ..OpOptions::default()
+    };
     for (op, bytes) in &files {
-        let o = if *op == Op::Prepare { opts } else { OpOptions::default() };
+        let o = match op {
+            Op::Prepare => prepare,
+            Op::Route => route,
+            _ => OpOptions::default(),
+        };
         assert!(read_inputs(*op, &o, bytes).is_ok(), "{op:?} valid");
         // The header is where the interesting structure is; flip each of its bytes and cut everywhere.
         let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;

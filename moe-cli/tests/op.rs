@@ -7,7 +7,7 @@ use common::*;
 use half::bf16;
 use moe_core::{
     Activation, Backend, BatchedExperts, BlockQuant, ExpertsInputs, ExpertsStage, ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm,
-    Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
+    Numerics, Prepare, Route, RouterConfig, ScaleBuf, ScaleFormat, ScaleLayout, Scales, Scoring, SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
 use moe_engine::rng::Rng;
 use moe_ref_cpu::CpuBackend;
@@ -231,4 +231,60 @@ fn prepare_and_finalize_match_cpu_backend() {
     ];
     let got = run_op(&dir, "finalize", &input, &[]);
     assert_eq!(got, sorted(vec![bf16_t("out", &[m, k], &out)]));
+}
+
+#[test]
+fn route_matches_cpu_backend_for_deepseek_v3_and_qwen3() {
+    let dir = tmp_dir("route");
+    let mut rng = Rng::new(7);
+    let m = 5;
+    // DeepSeek-V3: sigmoid, a bias, 8 groups of 32, top-4 groups, top-8, renormalized, x2.5.
+    let ds = RouterConfig {
+        n_group: 8,
+        topk_group: 4,
+        renormalize: true,
+        routed_scaling_factor: 2.5,
+        bias: true,
+        ..RouterConfig::new(8, Scoring::Sigmoid)
+    };
+    let ds_flags = [
+        "--topk",
+        "8",
+        "--scoring",
+        "sigmoid",
+        "--groups",
+        "8",
+        "--topk-groups",
+        "4",
+        "--renormalize",
+        "--routed-scaling",
+        "2.5",
+    ];
+    // Qwen3-MoE: softmax over 128 experts, top-8, renormalized, no bias.
+    let qwen = RouterConfig {
+        renormalize: true,
+        ..RouterConfig::new(8, Scoring::Softmax)
+    };
+    let qwen_flags = ["--topk", "8", "--scoring", "softmax", "--renormalize"];
+    for (eg, cfg, flags) in [(256, ds, &ds_flags[..]), (128, qwen, &qwen_flags[..])] {
+        let p = Route::new(m, eg, cfg).unwrap();
+        let logits = rand_f32(&mut rng, m * eg);
+        let bias: Vec<f32> = rand_f32(&mut rng, eg).iter().map(|b| b * 0.05).collect();
+        let bias = cfg.bias.then_some(bias);
+        let (mut ids, mut w) = (vec![0i32; m * 8], vec![0f32; m * 8]);
+        CpuBackend::new().route(&p, &logits, bias.as_deref(), &mut ids, &mut w).unwrap();
+        let mut input = vec![f32_t("logits", &[m, eg], &logits)];
+        input.extend(bias.as_deref().map(|b| f32_t("bias", &[eg], b)));
+        let got = run_op(&dir, "route", &input, flags);
+        assert_eq!(
+            got,
+            sorted(vec![i32_t("topk_ids", &[m, 8], &ids), f32_t("topk_weights", &[m, 8], &w)]),
+            "{eg} experts"
+        );
+        // Renormalized and scaled: each token's weights sum to the scaling factor.
+        for tw in w.chunks(8) {
+            let sum: f32 = tw.iter().sum();
+            assert!((sum - cfg.routed_scaling_factor).abs() < 1e-5, "{sum}");
+        }
+    }
 }

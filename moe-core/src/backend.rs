@@ -8,7 +8,7 @@ use half::bf16;
 
 use crate::error::MoeError;
 use crate::problem::{
-    Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Prepare, SiluMulQuant, TokenGroupQuant,
+    Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Prepare, Route, SiluMulQuant, TokenGroupQuant,
     WorkspaceShapes,
 };
 pub use crate::problem::{ExpertsInputs, GemmInputs};
@@ -45,6 +45,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Weight and combine (SPEC §5.5).
     fn finalize(&self, p: &Finalize, expert_out: &[bf16], topk_ids: &[i32], topk_weights: &[f32], out: &mut [bf16]) -> MoeResult<()>;
+
+    /// The router (SPEC §5.6): `topk_ids` and `topk_weights (M, k)` from `logits (M, Eg)` and,
+    /// when the problem has one, `bias (Eg)`. A NaN logit is [`ProblemError::NanLogit`](crate::ProblemError::NanLogit)
+    /// (the first in (token, expert) order), and then neither output is written.
+    fn route(&self, p: &Route, logits: &[f32], bias: Option<&[f32]>, topk_ids: &mut [i32], topk_weights: &mut [f32]) -> MoeResult<()>;
 }
 
 /// Host copies of the experts stage's intermediates, so that each stage can be checked on its own.

@@ -110,6 +110,26 @@ pub enum ProblemError {
         /// The capacity `T`.
         capacity: usize,
     },
+    /// A router setting (SPEC §5.6: `topk`, `n_group`, `topk_group`,
+    /// `routed_scaling_factor`) breaks its rule.
+    #[error("router setting `{setting}` = {got}: {rule}")]
+    RouterSetting {
+        /// The setting, by its name in the checkpoint's config (SPEC §4.1).
+        setting: &'static str,
+        /// Its value.
+        got: String,
+        /// The rule it breaks.
+        rule: String,
+    },
+    /// A gate logit is NaN, which the router cannot rank (SPEC §5.6): the first one in
+    /// (token, expert) order.
+    #[error("tensor `logits`: token {token} has a NaN logit (expert {expert})")]
+    NanLogit {
+        /// The token (row of `logits`).
+        token: usize,
+        /// The expert (column of `logits`).
+        expert: usize,
+    },
     /// The requested combination is not supported by this operation or backend.
     #[error("unsupported: {what}")]
     Unsupported {
@@ -130,7 +150,8 @@ impl ProblemError {
             | ProblemError::ScaleKind { tensor, .. } => tensor,
             ProblemError::Count { .. } => "counts",
             ProblemError::TopkId { .. } | ProblemError::Overflow { .. } => "topk_ids",
-            ProblemError::Unsupported { .. } => "",
+            ProblemError::NanLogit { .. } => "logits",
+            ProblemError::RouterSetting { .. } | ProblemError::Unsupported { .. } => "",
         }
     }
 }

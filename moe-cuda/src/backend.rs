@@ -14,8 +14,8 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Capabilities, DeviceError, ExpertsInputs, ExpertsStage,
-    ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, MoeResult, Prepare, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant,
-    WeightsRef,
+    ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, MoeResult, Prepare, Route, ScaleLayout, ScalesMut, SiluMulQuant,
+    TokenGroupQuant, WeightsRef,
 };
 
 use crate::device::{driver_err, Device};
@@ -25,6 +25,7 @@ use crate::limits;
 use crate::memory::{alloc, bf16_bits, bf16_bits_mut, commit1, commit2, fetch, scale_words, scale_words_mut, sync, upload};
 use crate::stage::{self, Activations, Weights, Work};
 
+mod route;
 mod wgmma;
 
 /// A grouped GEMM's operands on the device: `a`, its scales (as words), `b`, its scales, the
@@ -369,6 +370,10 @@ impl Backend for CudaBackend {
             .finalize(&eo_d, &ids_d, &rows_d, &w_d, &mut out_d, (m, k, topk, e, t))?;
         commit1(|| fetch(st, &out_d, OP), bf16_bits_mut(out), || sync(&self.dev, st, OP))?;
         Ok(())
+    }
+
+    fn route(&self, p: &Route, logits: &[f32], bias: Option<&[f32]>, topk_ids: &mut [i32], topk_weights: &mut [f32]) -> MoeResult<()> {
+        route::run(self, p, logits, bias, topk_ids, topk_weights)
     }
 }
 

@@ -7,7 +7,7 @@
 //! (`nvrtcCreateProgram`'s `headers`/`includeNames`), so NVRTC needs no include path and no
 //! toolkit header. The sources are plain data and are available without the `cuda` feature.
 
-use moe_core::{Numerics, ScaleFormat};
+use moe_core::{Numerics, ScaleFormat, Scoring};
 
 /// One NVRTC program (a `.cu` file) and the entry points it defines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -22,6 +22,8 @@ pub enum KernelId {
     Gemm,
     /// `finalize.cu`: router-weighted combine.
     Finalize,
+    /// `route.cu`: the router (scores, group selection, top-k, weights), one warp per token.
+    Route,
     /// `bench.cu`: the benchmark harness's read-only streaming ceiling and spin kernel.
     Bench,
     /// `gemm_wgmma.cu`: the masked grouped FP8 GEMM on Hopper's asynchronous tensor cores (TMA +
@@ -34,7 +36,8 @@ pub enum KernelId {
     Selftest,
 }
 
-/// `kernels/codes.cuh`: the codes of [`fmt_code`] and [`numerics_code`] as C macros.
+/// `kernels/codes.cuh`: the codes of [`fmt_code`], [`numerics_code`] and [`scoring_code`] as C
+/// macros.
 pub const CODES_HEADER: &str = include_str!("../kernels/codes.cuh");
 
 /// Every header a kernel may `#include`, as `(include name, source)`: NVRTC resolves
@@ -43,12 +46,13 @@ pub const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../kernels/c
 
 impl KernelId {
     /// Every program of the backend, in a fixed order (the self-test program is not one).
-    pub const ALL: [KernelId; 7] = [
+    pub const ALL: [KernelId; 8] = [
         KernelId::Counts,
         KernelId::Quant,
         KernelId::Silu,
         KernelId::Gemm,
         KernelId::Finalize,
+        KernelId::Route,
         KernelId::Bench,
         KernelId::GemmWgmma,
     ];
@@ -65,6 +69,7 @@ impl KernelId {
             KernelId::Silu => "silu.cu",
             KernelId::Gemm => "gemm.cu",
             KernelId::Finalize => "finalize.cu",
+            KernelId::Route => "route.cu",
             KernelId::Bench => "bench.cu",
             KernelId::GemmWgmma => "gemm_wgmma.cu",
             KernelId::Selftest => "selftest.cu",
@@ -79,6 +84,7 @@ impl KernelId {
             KernelId::Silu => include_str!("../kernels/silu.cu"),
             KernelId::Gemm => include_str!("../kernels/gemm.cu"),
             KernelId::Finalize => include_str!("../kernels/finalize.cu"),
+            KernelId::Route => include_str!("../kernels/route.cu"),
             KernelId::Bench => include_str!("../kernels/bench.cu"),
             KernelId::GemmWgmma => include_str!("../kernels/gemm_wgmma.cu"),
             KernelId::Selftest => include_str!("../kernels/selftest.cu"),
@@ -93,6 +99,7 @@ impl KernelId {
             KernelId::Silu => &["moe_silu_mul_quant"],
             KernelId::Gemm => &["moe_grouped_gemm", "moe_grouped_gemm_k32"],
             KernelId::Finalize => &["moe_finalize"],
+            KernelId::Route => &["moe_route"],
             KernelId::Bench => &["moe_bench_read", "moe_bench_spin"],
             KernelId::GemmWgmma => &[
                 "moe_grouped_gemm_wgmma",
@@ -120,6 +127,14 @@ pub fn numerics_code(numerics: Numerics) -> i32 {
     match numerics {
         Numerics::VllmBf16 => 0,
         Numerics::F32 => 1,
+    }
+}
+
+/// The `int` code the kernels take for a scoring (`MOE_SCORING_*` in `kernels/codes.cuh`).
+pub fn scoring_code(scoring: Scoring) -> i32 {
+    match scoring {
+        Scoring::Sigmoid => 0,
+        Scoring::Softmax => 1,
     }
 }
 
@@ -225,7 +240,7 @@ mod tests {
     #[test]
     fn the_self_test_program_is_not_a_backend_program() {
         assert!(!KernelId::ALL.contains(&KernelId::Selftest));
-        assert_eq!(every_program().count(), 8);
+        assert_eq!(every_program().count(), 9);
     }
 
     #[test]
@@ -268,6 +283,13 @@ mod tests {
         }
     }
 
+    fn scoring_macro(s: Scoring) -> &'static str {
+        match s {
+            Scoring::Sigmoid => "MOE_SCORING_SIGMOID",
+            Scoring::Softmax => "MOE_SCORING_SOFTMAX",
+        }
+    }
+
     #[test]
     fn header_codes_equal_the_rust_mapping() {
         let defs = defines(CODES_HEADER);
@@ -278,17 +300,22 @@ mod tests {
         for n in Numerics::ALL {
             assert_eq!(get(numerics_macro(n)), Some(numerics_code(n)), "{n:?}");
         }
+        for s in Scoring::ALL {
+            assert_eq!(get(scoring_macro(s)), Some(scoring_code(s)), "{s:?}");
+        }
         // No code the Rust side does not know.
-        let fmts = defs.iter().filter(|(n, _)| n.starts_with("MOE_FMT_")).count();
-        let nums = defs.iter().filter(|(n, _)| n.starts_with("MOE_NUMERICS_")).count();
-        assert_eq!((fmts, nums), (ScaleFormat::ALL.len(), Numerics::ALL.len()));
+        let count = |prefix: &str| defs.iter().filter(|(n, _)| n.starts_with(prefix)).count();
+        assert_eq!(
+            (count("MOE_FMT_"), count("MOE_NUMERICS_"), count("MOE_SCORING_")),
+            (ScaleFormat::ALL.len(), Numerics::ALL.len(), Scoring::ALL.len())
+        );
     }
 
     #[test]
     fn kernels_compare_codes_by_name_not_by_number() {
         for id in every_program() {
             let src = id.source();
-            for var in ["fmt", "numerics"] {
+            for var in ["fmt", "numerics", "scoring"] {
                 for op in ["==", "!="] {
                     let pat = format!("{var} {op} ");
                     for (i, _) in src.match_indices(&pat) {

@@ -27,6 +27,7 @@ use crate::tma::TensorMap;
 
 mod bench;
 mod config;
+mod route;
 mod wgmma;
 
 pub(crate) use config::Config;

@@ -5,9 +5,10 @@
 //!
 //! What it promises: `CudaBackend` implements `moe_core::Backend` and `BatchedExperts` with
 //! results bit-identical to the CPU reference for token-group quantization, block quantization,
-//! SiLU-mul-quant, prepare and finalize, and within the SPEC §5.3 bound for the grouped GEMM
-//! (and so the experts stage); rows past `counts` are never written; every invalid input is
-//! rejected with the CPU's error before any allocation or launch; a missing driver or GPU is
+//! SiLU-mul-quant, prepare, finalize and the router, and within the SPEC §5.3 bound for the
+//! grouped GEMM (and so the experts stage); rows past `counts` are never written; every invalid
+//! input is rejected with the CPU's error before any allocation or launch (but the router's NaN
+//! logits, which its kernel finds: the same error, nothing written); a missing driver or GPU is
 //! `DeviceError::NoDevice`, never a panic. Device-resident `counts` are clamped into `[0, T]` by
 //! every kernel, so nothing is read or written out of bounds whatever they hold.
 //! Every host-slice call writes its outputs only once the whole call succeeded (downloads are
@@ -20,8 +21,8 @@
 //! loaded at run time (cudarc's dynamic loading), so the crate builds without a toolkit.
 //!
 //! Layout: kernels are `.cu` files under `kernels/` that `#include "common.cuh"` (handed to
-//! NVRTC as named headers with `codes.cuh`, whose enum codes a test ties to [`kernels::fmt_code`]
-//! and [`kernels::numerics_code`]), compiled by NVRTC at first use with
+//! NVRTC as named headers with `codes.cuh`, whose enum codes a test ties to [`kernels::fmt_code`],
+//! [`kernels::numerics_code`] and [`kernels::scoring_code`]), compiled by NVRTC at first use with
 //! `--fmad=false --prec-div=true --ftz=false` for `sm_90a` and cached per context ([`KernelId`]
 //! indexes them). Private modules: `memory` (uploads, staged downloads, casts), `launch` (every
 //! launch, through one `cuLaunchKernelEx` helper), `limits` (the dimensions the kernels index),

@@ -14,6 +14,10 @@ use moe_core::ProblemError;
 /// The largest dimension (or `E·T` row count) the kernels index: `2^31 - 1024`.
 pub(crate) const MAX_DIM: usize = (1 << 31) - 1024;
 
+/// The most experts `Eg` the router kernel takes: one warp keeps a token's `Eg` choice scores and
+/// up to `Eg` group scores in shared memory, 32 KiB at this size.
+pub(crate) const ROUTE_MAX_EXPERTS: usize = 4096;
+
 /// Rejects the first `(name, value)` of `dims` above [`MAX_DIM`].
 fn check(tensor: &'static str, dims: &[(&'static str, usize)]) -> Result<(), ProblemError> {
     match dims.iter().find(|&&(_, v)| v > MAX_DIM) {
@@ -67,6 +71,19 @@ pub(crate) fn prepare(m: usize, k: usize, e: usize, t: usize) -> Result<(), Prob
 pub(crate) fn finalize(k: usize, topk: usize, e: usize, t: usize) -> Result<(), ProblemError> {
     check("expert_out", &[("E", e), ("T", t), ("E·T", rows(e, t)), ("K", k)])?;
     check("topk_ids", &[("topk", topk)])
+}
+
+/// The router of `logits (M, Eg)` into `topk_ids (M, k)` (`M` is 64-bit in the kernel; `Eg` is
+/// bounded by the shared memory of one warp).
+pub(crate) fn route(eg: usize) -> Result<(), ProblemError> {
+    if eg > ROUTE_MAX_EXPERTS {
+        return Err(ProblemError::Unsupported {
+            what: format!(
+                "moe-cuda: tensor `logits`: dimension `Eg` = {eg} exceeds {ROUTE_MAX_EXPERTS}, the most experts the router kernel keeps in shared memory"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The experts stage: GEMM1 `(E, T, K) x (E, 2I, K)`, SiLU-mul-quant, GEMM2 `(E, T, I) x (E, K, I)`.
@@ -134,5 +151,11 @@ mod tests {
         assert!(rejected(finalize(128, big, 1, 1)).contains("tensor `topk_ids`: dimension `topk`"));
         assert!(rejected(experts(1, 1, 128, big / 2 + 1)).contains("dimension `N`"));
         assert!(token_group_quant(MAX_DIM, MAX_DIM).is_ok());
+    }
+
+    #[test]
+    fn the_router_takes_up_to_4096_experts() {
+        assert!(route(ROUTE_MAX_EXPERTS).is_ok());
+        assert!(rejected(route(ROUTE_MAX_EXPERTS + 1)).contains("tensor `logits`: dimension `Eg` = 4097"));
     }
 }

@@ -15,8 +15,8 @@ use std::borrow::Cow;
 use float8::F8E4M3;
 use half::bf16;
 use moe_core::{
-    Activation, BlockQuant, ExpertsInputs, ExpertsStage, ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, Numerics, Prepare, ScaleBuf,
-    ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
+    Activation, BlockQuant, ExpertsInputs, ExpertsStage, ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, Numerics, Prepare, Route,
+    RouterConfig, ScaleBuf, ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
 use ndarray::{Array, Array1, Array2, Array3, ArrayView, ArrayView1, ArrayView2, ArrayView3, Dimension, Ix2, Ix3};
 
@@ -289,6 +289,32 @@ pub fn finalize(
     Ok(shaped(Ix2(m, k), out))
 }
 
+/// The router (SPEC §5.6): `topk_ids (M, k)` and `topk_weights (M, k)` from `logits (M, Eg)`
+/// and the choice `bias (Eg)` of a `noaux_tc` checkpoint, if given (`cfg.bias` is set from
+/// whether it is). A NaN logit is an error naming the token.
+pub fn route(
+    device: &Device,
+    logits: ArrayView2<'_, f32>,
+    bias: Option<ArrayView1<'_, f32>>,
+    cfg: RouterConfig,
+) -> Result<(Array2<i32>, Array2<f32>), EngineError> {
+    let (m, eg) = logits.dim();
+    let p = Route::new(
+        m,
+        eg,
+        RouterConfig {
+            bias: bias.is_some(),
+            ..cfg
+        },
+    )?;
+    let k = p.topk();
+    let bias = bias.map(contiguous);
+    let mut ids = try_filled("topk_ids", m * k, 0i32)?;
+    let mut w = try_filled("topk_weights", m * k, 0f32)?;
+    device.backend().route(&p, &contiguous(logits), bias.as_deref(), &mut ids, &mut w)?;
+    Ok((shaped(Ix2(m, k), ids), shaped(Ix2(m, k), w)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +344,23 @@ mod tests {
                 "{h2}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn route_takes_a_transposed_view_and_names_a_short_bias_and_a_nan_logit() {
+        let dev = Device::open(DeviceKind::Cpu).unwrap();
+        let lt = Array2::from_shape_fn((8, 3), |(e, m)| (e * 3 + m) as f32 * 0.1);
+        let cfg = RouterConfig::new(2, moe_core::Scoring::Sigmoid);
+        let (ids, w) = route(&dev, lt.t(), None, cfg).unwrap();
+        assert_eq!(ids, Array2::from_shape_vec((3, 2), vec![7, 6, 7, 6, 7, 6]).unwrap());
+        assert_eq!((w.dim(), w[[0, 0]]), ((3, 2), 1.0 / (1.0 + moe_core::exp_f32(-2.1))));
+        let bias = Array1::from(vec![0f32; 7]);
+        let err = route(&dev, lt.t(), Some(bias.view()), cfg).unwrap_err();
+        assert!(err.is_input() && err.to_string().contains("`bias`"), "{err}");
+        let mut l = lt.t().to_owned();
+        l[[2, 5]] = f32::NAN;
+        let err = route(&dev, l.view(), None, cfg).unwrap_err();
+        assert!(err.is_input() && err.to_string().contains("token 2"), "{err}");
     }
 
     #[test]

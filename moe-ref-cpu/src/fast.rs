@@ -13,7 +13,7 @@ use moe_core::format::{bf16_out, e4m3_from_f32, round_bf16};
 use moe_core::math::exp_f32;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics,
-    Prepare, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
+    Prepare, Route, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
@@ -313,6 +313,10 @@ impl Backend for CpuBackend {
             });
         });
         Ok(())
+    }
+
+    fn route(&self, p: &Route, logits: &[f32], bias: Option<&[f32]>, topk_ids: &mut [i32], topk_weights: &mut [f32]) -> MoeResult<()> {
+        crate::route::fast(self, p, logits, bias, topk_ids, topk_weights)
     }
 }
 

@@ -31,6 +31,7 @@ mod common;
 mod fast;
 mod gemm;
 mod naive;
+mod route;
 
 pub use fast::CpuBackend;
 pub use naive::NaiveCpu;

@@ -7,7 +7,7 @@ use moe_core::format::{bf16_out, e4m3_from_f32, e4m3_to_f32, round_bf16};
 use moe_core::math::silu_f32;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics,
-    Prepare, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
+    Prepare, Route, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 
 use crate::common::{
@@ -242,6 +242,10 @@ impl Backend for NaiveCpu {
             }
         }
         Ok(())
+    }
+
+    fn route(&self, p: &Route, logits: &[f32], bias: Option<&[f32]>, topk_ids: &mut [i32], topk_weights: &mut [f32]) -> MoeResult<()> {
+        crate::route::naive(p, logits, bias, topk_ids, topk_weights)
     }
 }
 

@@ -347,3 +347,70 @@ fn experts_apply_reuses_a_matching_workspace_and_replaces_a_mismatched_one() {
         same(&bits(&out), &bits(&out2), "out");
     }
 }
+
+#[test]
+fn route_agrees_with_groups_ties_and_infinite_logits() {
+    let mut rng = Rng(9);
+    let ds = RouterConfig {
+        n_group: 8,
+        topk_group: 4,
+        renormalize: true,
+        routed_scaling_factor: 2.5,
+        bias: true,
+        ..RouterConfig::new(8, Scoring::Sigmoid)
+    };
+    let configs = [
+        (256, ds),
+        (256, RouterConfig { bias: false, ..ds }),
+        (
+            128,
+            RouterConfig {
+                renormalize: true,
+                ..RouterConfig::new(8, Scoring::Softmax)
+            },
+        ),
+        (
+            12,
+            RouterConfig {
+                n_group: 4,
+                topk_group: 2,
+                ..RouterConfig::new(5, Scoring::Softmax)
+            },
+        ),
+        (6, RouterConfig::new(6, Scoring::Sigmoid)),
+    ];
+    for (eg, cfg) in configs {
+        let m = 37;
+        let p = Route::new(m, eg, cfg).unwrap();
+        // Logits on a coarse grid (many ties), some infinite.
+        let logits: Vec<f32> = (0..m * eg)
+            .map(|_| match rng.next() % 400 {
+                0 => f32::INFINITY,
+                1 => f32::NEG_INFINITY,
+                _ => (rng.normal_ish() * 8.0).round() / 4.0,
+            })
+            .collect();
+        let bias: Vec<f32> = (0..eg).map(|i| ((i % 5) as f32 - 2.0) * 0.125).collect();
+        let bias = cfg.bias.then_some(&bias[..]);
+        let (mut ids0, mut w0) = (vec![-9i32; m * cfg.topk], vec![f32::from_bits(0x7FA5_A5A5); m * cfg.topk]);
+        NaiveCpu.route(&p, &logits, bias, &mut ids0, &mut w0).unwrap();
+        for be in backends() {
+            let (mut ids1, mut w1) = (vec![-9i32; m * cfg.topk], vec![0f32; m * cfg.topk]);
+            be.route(&p, &logits, bias, &mut ids1, &mut w1).unwrap();
+            same(&ids0, &ids1, "topk_ids");
+            same(
+                &w0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                &w1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "topk_weights",
+            );
+        }
+        // Every token lists k distinct experts.
+        for ids in ids0.chunks(cfg.topk) {
+            let mut v = ids.to_vec();
+            v.sort();
+            v.dedup();
+            assert_eq!(v.len(), cfg.topk);
+            assert!(v.iter().all(|&e| (0..eg as i32).contains(&e)));
+        }
+    }
+}

@@ -20,8 +20,8 @@
 //! The number of cases per property comes from `PROPTEST_CASES` (default [`DEFAULT_CASES`]).
 
 use moe_core::{
-    bf16, e4m3_to_f32, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Numerics, Prepare, Routing, ScaleBuf,
-    ScaleFormat, ScaleLayout, SiluMulQuant, TokenGroupQuant, GROUP,
+    bf16, e4m3_to_f32, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Numerics, Prepare, Route, RouterConfig,
+    Routing, ScaleBuf, ScaleFormat, ScaleLayout, Scoring, SiluMulQuant, TokenGroupQuant, GROUP,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -426,6 +426,56 @@ pub fn finalize_case() -> impl Strategy<Value = FinalizeCase> {
                     topk_ids: ids,
                     topk_weights: w,
                 })
+        })
+    })
+}
+
+/// A router logit: mostly a few values (so that equal scores are common), sometimes beyond
+/// `exp_f32`'s clamp or infinite (softmax then has NaN scores, which rank last).
+pub fn route_logit() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        12 => prop::sample::select(vec![-2.0f32, -0.5, -0.0, 0.0, 0.5, 1.0, 2.0]),
+        4 => -8.0f32..8.0,
+        1 => prop::sample::select(vec![f32::NEG_INFINITY, -150.0, 150.0, f32::INFINITY]),
+    ]
+}
+
+/// A router bias: mostly a few values, sometimes infinite or NaN (which rank last too).
+pub fn route_bias() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        12 => prop::sample::select(vec![-0.5f32, -0.0, 0.0, 0.25, 0.5]),
+        1 => prop::sample::select(vec![f32::NEG_INFINITY, f32::INFINITY, f32::NAN]),
+    ]
+}
+
+/// Router cases: no groups or 2, 4 or 8 groups of 2 to 6 experts, any `TG` and `k` the groups
+/// allow, both scorings, with and without a bias, renormalization and scaling, logits and
+/// biases hunting ties and special values.
+pub fn route_case() -> impl Strategy<Value = RouteCase> {
+    let shape = (
+        prop::sample::select(vec![1usize, 2, 4, 8]),
+        2usize..=6,
+        0usize..=5,
+        any::<u16>(),
+        prop::sample::select(vec![1.0f32, 2.5, 0.0]),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
+    );
+    shape.prop_flat_map(|(g, gsize, m, pick, scale, (softmax, bias, renormalize))| {
+        let eg = g * gsize;
+        let topk_group = 1 + pick as usize % g;
+        let scoring = if softmax { Scoring::Softmax } else { Scoring::Sigmoid };
+        let cfg = RouterConfig {
+            n_group: g,
+            topk_group,
+            renormalize,
+            routed_scaling_factor: scale,
+            bias,
+            ..RouterConfig::new(1 + (pick >> 4) as usize % (topk_group * gsize), scoring)
+        };
+        (vec(route_logit(), m * eg), vec(route_bias(), eg)).prop_map(move |(logits, b)| RouteCase {
+            p: Route::new(m, eg, cfg).expect("valid router"),
+            logits,
+            bias: bias.then_some(b),
         })
     })
 }

@@ -28,6 +28,8 @@ mod experts;
 mod gemm;
 #[path = "suites/quant.rs"]
 mod quant;
+#[path = "suites/route.rs"]
+mod route;
 #[path = "suites/routing.rs"]
 mod routing;
 #[path = "suites/silu.rs"]

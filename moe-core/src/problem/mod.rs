@@ -7,14 +7,16 @@
 //!
 //! One file per concern: `checks` (the shape and buffer checks they share), `quant` (the
 //! quantization problems), `gemm` (the grouped GEMM and the experts stage), `routing` (prepare,
-//! finalize and `Routing`).
+//! finalize and `Routing`), `router` (the router that makes `topk_ids`).
 
 mod checks;
 mod gemm;
 mod quant;
+mod router;
 mod routing;
 
 pub use checks::{check_counts, check_len, clamp_count};
 pub use gemm::{ExpertsInputs, ExpertsStage, GemmInputs, GroupedGemm, WeightsRef, WorkspaceShapes};
 pub use quant::{Activation, BatchedTokenGroupQuant, BlockQuant, SiluMulQuant, TokenGroupQuant};
+pub use router::{rank_index, rank_key, Route, RouterConfig, Scoring};
 pub use routing::{Finalize, Prepare, Routing, RoutingDims};

@@ -100,6 +100,13 @@ pub fn execute(inputs: &OpInputs, backend: &dyn BatchedExperts) -> Result<Vec<Ou
             backend.finalize(p, expert_out, topk_ids, topk_weights, &mut out)?;
             vec![OutTensor::bf16("out", &shape, &out)]
         }
+        OpInputs::Route(RouteCase { p, logits, bias }) => {
+            let shape = [p.tokens(), p.topk()];
+            let mut ids = try_filled("topk_ids", p.tokens() * p.topk(), 0i32)?;
+            let mut w = try_filled("topk_weights", p.tokens() * p.topk(), 0f32)?;
+            backend.route(p, logits, bias.as_deref(), &mut ids, &mut w)?;
+            vec![OutTensor::i32("topk_ids", &shape, &ids), OutTensor::f32("topk_weights", &shape, &w)]
+        }
     })
 }
 

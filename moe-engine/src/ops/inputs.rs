@@ -3,7 +3,7 @@
 //! both run them through the same code.
 
 use moe_core::{
-    bf16, Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsInputs, ExpertsStage, Finalize, GemmInputs, GroupedGemm, Prepare,
+    bf16, Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsInputs, ExpertsStage, Finalize, GemmInputs, GroupedGemm, Prepare, Route,
     ScaleBuf, SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
 
@@ -196,4 +196,15 @@ pub struct FinalizeCase {
     pub topk_ids: Vec<i32>,
     /// `(M, k)` router weights.
     pub topk_weights: Vec<f32>,
+}
+
+/// The router (SPEC §5.6).
+#[derive(Debug, Clone)]
+pub struct RouteCase {
+    /// The validated problem.
+    pub p: Route,
+    /// The gate logits `(M, Eg)`.
+    pub logits: Vec<f32>,
+    /// The choice bias `(Eg)`, present exactly when the problem has one.
+    pub bias: Option<Vec<f32>>,
 }

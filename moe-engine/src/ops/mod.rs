@@ -3,10 +3,11 @@
 //!
 //! [`read_inputs`] turns arbitrary bytes into a validated [`OpInputs`] or an [`InputError`](crate::InputError)
 //! naming the tensor; everything data-dependent (`counts` in range, `topk_ids` in range, no
-//! expert over capacity) is checked here, before any backend work. [`execute`] then cannot fail
-//! on the input; it allocates the outputs zero-filled, so rows past `counts` read back as zero.
+//! expert over capacity, no NaN logit) is checked here, before any backend work. [`execute`]
+//! then cannot fail on the input; it allocates the outputs zero-filled, so rows past `counts`
+//! read back as zero.
 
-use moe_core::{Numerics, ScaleFormat};
+use moe_core::{Numerics, ScaleFormat, Scoring};
 
 mod execute;
 mod inputs;
@@ -17,9 +18,10 @@ pub use inputs::*;
 pub use read::read_inputs;
 pub(crate) use read::twice_groups;
 
-/// Every operation of the engine: the seven of SPEC §8 (`moe op`) and the batched token-group
-/// quantization (checked by `moe diff`, with no file form). The one operation enum of the
-/// workspace: `moe op`, `moe diff` and the differential harness all name operations with it.
+/// Every operation of the engine: the eight of SPEC §8 (`moe op`; all but `layer`) and the
+/// batched token-group quantization (checked by `moe diff`, with no file form). The one
+/// operation enum of the workspace: `moe op`, `moe diff` and the differential harness all name
+/// operations with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     /// `x (rows, K)` → `q`, `s (rows, K/128)` row-major (SPEC §5.1).
@@ -38,11 +40,13 @@ pub enum Op {
     Prepare,
     /// `expert_out`, `topk_ids`, `topk_weights` → `out (M, K)` (SPEC §5.5).
     Finalize,
+    /// `logits (M, Eg)`, optional `bias (Eg)` → `topk_ids`, `topk_weights (M, k)` (SPEC §5.6).
+    Route,
 }
 
 impl Op {
     /// The operations of `moe op` (SPEC §8), in the order of its table.
-    pub const FILE_OPS: [Op; 7] = [
+    pub const FILE_OPS: [Op; 8] = [
         Op::TokenGroupQuant,
         Op::BlockQuant,
         Op::SiluMulQuant,
@@ -50,10 +54,12 @@ impl Op {
         Op::Experts,
         Op::Prepare,
         Op::Finalize,
+        Op::Route,
     ];
 
     /// Every operation, in pipeline order (the order of `moe diff`'s table).
-    pub const ALL: [Op; 8] = [
+    pub const ALL: [Op; 9] = [
+        Op::Route,
         Op::Prepare,
         Op::TokenGroupQuant,
         Op::BatchedQuant,
@@ -75,6 +81,7 @@ impl Op {
             Op::Experts => "experts",
             Op::Prepare => "prepare",
             Op::Finalize => "finalize",
+            Op::Route => "route",
         }
     }
 
@@ -108,6 +115,7 @@ impl Op {
             Op::Experts => 5,
             Op::Prepare => 6,
             Op::Finalize => 7,
+            Op::Route => 8,
         }
     }
 }
@@ -119,7 +127,7 @@ impl std::fmt::Display for Op {
 }
 
 /// The flags of `moe op` besides the files and the backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct OpOptions {
     /// Activation scale format: of `s` (token-group-quant, silu-mul-quant), `sa` (grouped-gemm),
     /// `a1s` (experts, prepare). Unused by block-quant and finalize.
@@ -132,6 +140,18 @@ pub struct OpOptions {
     pub experts: Option<usize>,
     /// prepare only: the capacity `T`.
     pub capacity: Option<usize>,
+    /// route only (required): experts per token `k`.
+    pub topk: Option<usize>,
+    /// route only (required): how logits become scores.
+    pub scoring: Option<Scoring>,
+    /// route only: the number of expert groups `G` (with `topk_groups`; default 1).
+    pub groups: Option<usize>,
+    /// route only: the groups kept per token `TG` (with `groups`; default 1).
+    pub topk_groups: Option<usize>,
+    /// route only: divide the weights by their sum (`norm_topk_prob`).
+    pub renormalize: bool,
+    /// route only: the factor every weight is multiplied by last (default 1).
+    pub routed_scaling: Option<f32>,
 }
 
 /// The validated inputs of one operation.
@@ -152,4 +172,6 @@ pub enum OpInputs {
     Prepare(PrepareCase),
     /// See [`FinalizeCase`].
     Finalize(FinalizeCase),
+    /// See [`RouteCase`].
+    Route(RouteCase),
 }

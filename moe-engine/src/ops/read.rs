@@ -1,8 +1,8 @@
 //! Reading and validating the inputs of an operation from the bytes of a safetensors file.
 
 use moe_core::{
-    check_counts, estimate_expected_m, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Prepare, ProblemError, Routing, ScaleBuf,
-    ScaleFormat, ScaleLayout, SiluMulQuant, TokenGroupQuant, GROUP,
+    check_counts, estimate_expected_m, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Prepare, ProblemError, Route, RouterConfig,
+    Routing, ScaleBuf, ScaleFormat, ScaleLayout, SiluMulQuant, TokenGroupQuant, GROUP,
 };
 use safetensors::Dtype;
 
@@ -84,6 +84,53 @@ fn not_for(op: Op, flag: &str, applies: &str) -> InputError {
     InputError::Usage(format!("{flag} does not apply to op `{}` (only to {applies})", op.name()))
 }
 
+/// The router's flags that are set, by name.
+fn route_flags(opts: &OpOptions) -> impl Iterator<Item = &'static str> {
+    [
+        ("--topk", opts.topk.is_some()),
+        ("--scoring", opts.scoring.is_some()),
+        ("--groups", opts.groups.is_some()),
+        ("--topk-groups", opts.topk_groups.is_some()),
+        ("--renormalize", opts.renormalize),
+        ("--routed-scaling", opts.routed_scaling.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, set)| set.then_some(flag))
+}
+
+/// `logits (M, Eg)` F32 and the optional `bias (Eg)` F32, routed with the flags; a NaN logit is
+/// rejected here, before any backend runs.
+fn route_case(f: &TensorFile<'_>, opts: &OpOptions) -> Result<RouteCase, InputError> {
+    let (Some(topk), Some(scoring)) = (opts.topk, opts.scoring) else {
+        return Err(InputError::Usage("op `route` needs --topk k and --scoring sigmoid|softmax".into()));
+    };
+    let (n_group, topk_group) = match (opts.groups, opts.topk_groups) {
+        (None, None) => (1, 1),
+        (Some(g), Some(tg)) => (g, tg),
+        _ => return Err(InputError::Usage("op `route`: --groups G and --topk-groups TG go together".into())),
+    };
+    let (sh, logits) = f.f32("logits", 2, "(M, Eg)")?;
+    let bias = if f.has("bias") {
+        let (bsh, b) = f.f32("bias", 1, "(Eg)")?;
+        expect_shape("bias", &bsh, &[sh[1]], "(Eg)")?;
+        Some(b)
+    } else {
+        None
+    };
+    let cfg = RouterConfig {
+        topk,
+        scoring,
+        n_group,
+        topk_group,
+        renormalize: opts.renormalize,
+        routed_scaling_factor: opts.routed_scaling.unwrap_or(1.0),
+        bias: bias.is_some(),
+    };
+    let p = Route::new(sh[0], sh[1], cfg)?;
+    p.check_logits(&logits)?;
+    Ok(RouteCase { p, logits, bias })
+}
+
 /// Parses and validates the inputs of `op` from the bytes of a safetensors file.
 ///
 /// Never panics, whatever the bytes; every error names the tensor (or the flag) at fault.
@@ -97,6 +144,11 @@ pub fn read_inputs(op: Op, opts: &OpOptions, bytes: &[u8]) -> Result<OpInputs, I
         }
         if opts.capacity.is_some() {
             return Err(not_for(op, "--capacity", "prepare"));
+        }
+    }
+    if op != Op::Route {
+        if let Some(flag) = route_flags(opts).next() {
+            return Err(not_for(op, flag, "route"));
         }
     }
     if !op.has_file_form() {
@@ -177,5 +229,6 @@ pub fn read_inputs(op: Op, opts: &OpOptions, bytes: &[u8]) -> Result<OpInputs, I
                 topk_weights,
             })
         }
+        Op::Route => OpInputs::Route(route_case(&f, opts)?),
     })
 }

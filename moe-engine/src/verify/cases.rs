@@ -6,8 +6,8 @@
 //! (SPEC §7).
 
 use moe_core::{
-    bf16, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Numerics, Prepare, ScaleBuf, ScaleFormat, ScaleLayout,
-    SiluMulQuant, TokenGroupQuant, GROUP,
+    bf16, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Numerics, Prepare, Route, RouterConfig, ScaleBuf,
+    ScaleFormat, ScaleLayout, Scoring, SiluMulQuant, TokenGroupQuant, GROUP,
 };
 
 use crate::ops::*;
@@ -261,5 +261,50 @@ impl FinalizeCase {
             topk_ids: ids,
             topk_weights,
         }
+    }
+}
+
+/// A router logit: on a grid of quarters half the time (ties), else spread; `hard` mixes in
+/// infinities, magnitudes past `exp_f32`'s clamp and signed zeros.
+fn logit(r: &mut Rng, hard: bool) -> f32 {
+    if hard && r.one_in(8) {
+        [f32::INFINITY, f32::NEG_INFINITY, 150.0, -150.0, 0.0, -0.0][r.below(6)]
+    } else if r.one_in(2) {
+        r.range(-12, 12) as f32 * 0.25
+    } else {
+        r.unit_signed() * 6.0
+    }
+}
+
+impl RouteCase {
+    /// A random case: groups of 2 to 9 experts (or none), any `k` the groups allow, both
+    /// scorings, with and without a bias, renormalization and scaling.
+    pub fn random(r: &mut Rng, hard: bool) -> Self {
+        let g = [1, 1, 2, 4, 8][r.below(5)];
+        let eg = g * (2 + r.below(8));
+        let topk_group = 1 + r.below(g);
+        let cfg = RouterConfig {
+            n_group: g,
+            topk_group,
+            renormalize: r.one_in(2),
+            routed_scaling_factor: [1.0, 2.5, 0.0, 16.0 * r.unit_positive()][r.below(4)],
+            bias: r.one_in(2),
+            ..RouterConfig::new(1 + r.below(topk_group * (eg / g)), Scoring::ALL[r.below(2)])
+        };
+        let m = r.below(9);
+        let p = Route::new(m, eg, cfg).expect("valid router");
+        let logits = (0..m * eg).map(|_| logit(r, hard)).collect();
+        let bias = cfg.bias.then(|| {
+            (0..eg)
+                .map(|_| {
+                    if hard && r.one_in(10) {
+                        [f32::INFINITY, f32::NEG_INFINITY, f32::NAN][r.below(3)]
+                    } else {
+                        r.range(-4, 4) as f32 * 0.125
+                    }
+                })
+                .collect()
+        });
+        Self { p, logits, bias }
     }
 }

@@ -150,6 +150,7 @@ fn run_small_case<B: BatchedExperts + ?Sized>(dut: &B, op: Op, r: &mut Rng, hard
         Op::Experts => case!(ExpertsCase, check_experts, check_experts_rejects, tol),
         Op::Prepare => case!(PrepareCase, check_prepare, check_prepare_rejects),
         Op::Finalize => case!(FinalizeCase, check_finalize, check_finalize_rejects),
+        Op::Route => case!(RouteCase, check_route, check_route_rejects),
     }
 }
 

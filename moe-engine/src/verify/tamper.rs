@@ -7,7 +7,7 @@
 
 use moe_core::{
     bf16, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Prepare,
-    ScalesMut, SiluMulQuant, TokenGroupQuant,
+    Route, ScalesMut, SiluMulQuant, TokenGroupQuant,
 };
 
 /// The hook: the problem, its inputs and the output the inner backend wrote.
@@ -111,6 +111,9 @@ impl Backend for Tampered<'_> {
     }
     fn finalize(&self, p: &Finalize, eo: &[bf16], ids: &[i32], w: &[f32], out: &mut [bf16]) -> MoeResult<()> {
         self.inner.finalize(p, eo, ids, w, out)
+    }
+    fn route(&self, p: &Route, logits: &[f32], bias: Option<&[f32]>, ids: &mut [i32], w: &mut [f32]) -> MoeResult<()> {
+        self.inner.route(p, logits, bias, ids, w)
     }
 }
 

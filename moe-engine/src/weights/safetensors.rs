@@ -44,6 +44,11 @@ impl<'a> TensorFile<'a> {
         Ok(Self { st, op })
     }
 
+    /// Whether the file holds a tensor `name` (for the optional ones).
+    pub fn has(&self, name: &str) -> bool {
+        self.st.tensor(name).is_ok()
+    }
+
     /// Tensor `name` with one of `dtypes` and `layout.len()` dimensions; `layout` is the symbolic
     /// shape used in messages, e.g. `(E, T, K)`.
     pub fn raw(&self, name: &'static str, dtypes: &[Dtype], rank: usize, layout: &'static str) -> Result<RawTensor<'a>, InputError> {

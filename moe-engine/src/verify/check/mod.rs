@@ -317,11 +317,13 @@ mod bias;
 mod gemm;
 mod quant;
 mod route;
+mod router;
 
 pub use bias::*;
 pub use gemm::*;
 pub use quant::*;
 pub use route::*;
+pub use router::*;
 
 /// Runs `f` on every labelled backend; the first failure is prefixed with the backend's label.
 pub fn on_each<D, O>(duts: &[(String, D)], f: impl Fn(&D) -> Result<O, String>) -> Result<(), String> {
