@@ -63,9 +63,6 @@ struct __align__(64) TmaMap {
 
 // ---- shared memory, mbarriers, TMA ---------------------------------------------------------
 
-// The dynamic shared memory of every kernel in this file (one declaration for all of them).
-extern __shared__ __align__(1024) u8 smem_raw[];
-
 __device__ __forceinline__ u32 smem_addr(const void* p) {
     u32 r;
     asm("{\n .reg .u64 t;\n cvta.to.shared.u64 t, %1;\n cvt.u32.u64 %0, t;\n}\n" : "=r"(r) : "l"(p));
@@ -271,6 +268,8 @@ __device__ __forceinline__ void block_partial(float (&part)[64], u32 a_tile, u32
     pin_accumulators(part);
 }
 
+// ---- the grouped GEMM --------------------------------------------------------------------------
+
 __device__ __forceinline__ void decode_tile(long long tile, int MT, int NT, int* e, int* mt, int* nt) {
     *nt = (int)(tile % NT);
     const long long rest = tile / NT;
@@ -278,104 +277,39 @@ __device__ __forceinline__ void decode_tile(long long tile, int MT, int NT, int*
     *e = (int)(rest / MT);
 }
 
-// ---- clusters ------------------------------------------------------------------------------
-
-__device__ __forceinline__ u32 cluster_rank() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ u32 cluster_id() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ u32 cluster_count() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%nclusterid.x;" : "=r"(r));
-    return r;
-}
-
-// Every thread of both CTAs: the barriers initialized before (release) are visible to the peer
-// after (acquire); at the end, no CTA leaves while its peer may still write into it.
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
-}
-
-// Arrive on the mbarrier at the same shared-memory offset `bar` in cluster CTA `rank`.
-__device__ __forceinline__ void mbar_arrive_cluster(u32 bar, u32 rank) {
-    asm volatile(
-        "{\n .reg .b32 ra;\n mapa.shared::cluster.u32 ra, %0, %1;\n mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
-        "r"(rank)
-        : "memory");
-}
-
-// One 3-D box into shared-memory offset `dst` of every CTA in `mask`, completing its bytes on
-// the mbarrier at offset `bar` of each of them.
-__device__ __forceinline__ void tma_load_3d_multicast(u32 dst, const TmaMap* map, u32 bar, int c0, int c1, int c2, u16 mask) {
-    asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4, %5}], [%2], %6;" ::"r"(dst),
-        "l"(reinterpret_cast<u64>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "h"(mask)
-        : "memory");
-}
-
-// ---- the grouped GEMM --------------------------------------------------------------------------
-
-// The kernel body, with (MC) or without a 2-CTA cluster. A comes in two boxes of 64 rows.
-// MC: the two CTAs of a cluster take the column tiles 2p and 2p + 1 of the same (expert, row
-// tile), walking the "pair tiles" (e, mt, p) with a stride of the cluster count; each CTA loads
-// one 64-row half of A and multicasts it into both CTAs (the same offsets, completing on both
-// full barriers: 32768 bytes expected per stage in each CTA), and its own B. A stage may be
-// refilled only once the consumers of both CTAs released it: every consumer warp arrives on the
-// empty barrier of both CTAs (16 arrivals). Both CTAs see the same counts[e] and so handle the
-// same K blocks in the same order.
-template <bool MC>
-__device__ __forceinline__ void gemm_body(const TmaMap* map_a, const TmaMap* map_b, const float* __restrict__ sa,
-                                          const float* __restrict__ sb, u16* __restrict__ d, const int* __restrict__ counts, int E, int T,
-                                          int N, int K) {
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
+    moe_grouped_gemm_wgmma(const __grid_constant__ TmaMap map_a, const __grid_constant__ TmaMap map_b, const float* __restrict__ sa,
+                           const float* __restrict__ sb, u16* __restrict__ d, const int* __restrict__ counts, int E, int T, int N, int K) {
+    extern __shared__ __align__(1024) u8 smem_raw[];
     u8* smem;
     const u32 base = aligned_smem_base(smem_raw, &smem);
     const u32 bars = base + WG_STAGES * WG_STAGE_BYTES;
-    ring_init<WG_STAGES>(bars, WG_CONSUMER_WGS * 4 * (MC ? 2 : 1));
-    const u32 rank = MC ? cluster_rank() : 0u;
-    if (MC) cluster_sync();
+    ring_init<WG_STAGES>(bars, WG_CONSUMER_WGS * 4);
     const int wg = threadIdx.x >> 7;
     const int KB = K / WG_BK;
     const int MT = (T + WG_BM - 1) / WG_BM;
     const int NT = N / WG_BN;
-    // The walked tile space: (e, mt, nt) or, with clusters, (e, mt, pair of column tiles).
-    const int WT = MC ? NT / 2 : NT;
-    const long long tiles = (long long)E * MT * WT;
-    const long long first = MC ? (long long)cluster_id() : (long long)blockIdx.x;
-    const long long stride = MC ? (long long)cluster_count() : (long long)gridDim.x;
+    const long long tiles = (long long)E * MT * NT;
     RingPos<WG_STAGES> pos = {0u, 0u};
     if (wg == 0) {
         // Producer: one thread issues every load; the others give their registers away.
         regs_dec<WG_PRODUCER_REGS>();
-        if (threadIdx.x == 0) {
-            tma_prefetch_map(map_a);
-            tma_prefetch_map(map_b);
-            for (long long tile = first; tile < tiles; tile += stride) {
-                int e, mt, wt;
-                decode_tile(tile, MT, WT, &e, &mt, &wt);
-                const int nt = MC ? 2 * wt + (int)rank : wt;
-                if (mt * WG_BM >= clamp_count(counts[e], T)) continue;
-                for (int kb = 0; kb < KB; ++kb) {
-                    const u32 a_tile = base + pos.stage * WG_STAGE_BYTES;
-                    ring_produce<WG_STAGES>(bars, pos, WG_STAGE_BYTES);
-                    const u32 full = full_bar<WG_STAGES>(bars, pos.stage);
-                    if (MC) {
-                        tma_load_3d_multicast(a_tile + rank * (WG_A_BYTES / 2), map_a, full, kb * WG_BK, mt * WG_BM + 64 * (int)rank, e, 3);
-                    } else {
-                        tma_load_3d(a_tile, map_a, full, kb * WG_BK, mt * WG_BM, e);
-                        tma_load_3d(a_tile + WG_A_BYTES / 2, map_a, full, kb * WG_BK, mt * WG_BM + 64, e);
-                    }
-                    tma_load_3d(a_tile + WG_A_BYTES, map_b, full, kb * WG_BK, nt * WG_BN, e);
-                    pos.advance();
-                }
+        if (threadIdx.x != 0) return;
+        tma_prefetch_map(&map_a);
+        tma_prefetch_map(&map_b);
+        for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            int e, mt, nt;
+            decode_tile(tile, MT, NT, &e, &mt, &nt);
+            if (mt * WG_BM >= clamp_count(counts[e], T)) continue;
+            for (int kb = 0; kb < KB; ++kb) {
+                const u32 a_tile = base + pos.stage * WG_STAGE_BYTES;
+                ring_produce<WG_STAGES>(bars, pos, WG_STAGE_BYTES);
+                const u32 full = full_bar<WG_STAGES>(bars, pos.stage);
+                tma_load_3d(a_tile, &map_a, full, kb * WG_BK, mt * WG_BM, e);
+                tma_load_3d(a_tile + WG_A_BYTES, &map_b, full, kb * WG_BK, nt * WG_BN, e);
+                pos.advance();
             }
         }
-        if (MC) cluster_sync();
         return;
     }
     regs_inc<WG_CONSUMER_REGS>();
@@ -389,10 +323,9 @@ __device__ __forceinline__ void gemm_body(const TmaMap* map_a, const TmaMap* map
     float acc[64];
 #pragma unroll
     for (int i = 0; i < 64; ++i) part[i] = 0.0f;
-    for (long long tile = first; tile < tiles; tile += stride) {
-        int e, mt, wt;
-        decode_tile(tile, MT, WT, &e, &mt, &wt);
-        const int nt = MC ? 2 * wt + (int)rank : wt;
+    for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        int e, mt, nt;
+        decode_tile(tile, MT, NT, &e, &mt, &nt);
         const int cnt = clamp_count(counts[e], T);
         const int m0 = mt * WG_BM;
         if (m0 >= cnt) continue;
@@ -421,15 +354,7 @@ __device__ __forceinline__ void gemm_body(const TmaMap* map_a, const TmaMap* map
             const u32 a_tile = base + pos.stage * WG_STAGE_BYTES;
             ring_consume<WG_STAGES>(bars, pos);
             if (live) block_partial(part, a_tile + 64 * WG_BK * cw, a_tile + WG_A_BYTES);
-            if (MC) {
-                __syncwarp();
-                if (lane == 0) {
-                    mbar_arrive_cluster(empty_bar<WG_STAGES>(bars, pos.stage), 0);
-                    mbar_arrive_cluster(empty_bar<WG_STAGES>(bars, pos.stage), 1);
-                }
-            } else {
-                ring_release<WG_STAGES>(bars, pos);
-            }
+            ring_release<WG_STAGES>(bars, pos);
             pos.advance();
             // Promotion (SPEC §5.3): acc = fma(f32(sa * sb), p, acc).
             const float s_lo = __fmul_rn(sa_lo, sbv);
@@ -459,20 +384,6 @@ __device__ __forceinline__ void gemm_body(const TmaMap* map_a, const TmaMap* map
             }
         }
     }
-    if (MC) cluster_sync();
-}
-
-extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
-    moe_grouped_gemm_wgmma(const __grid_constant__ TmaMap map_a, const __grid_constant__ TmaMap map_b, const float* __restrict__ sa,
-                           const float* __restrict__ sb, u16* __restrict__ d, const int* __restrict__ counts, int E, int T, int N, int K) {
-    gemm_body<false>(&map_a, &map_b, sa, sb, d, counts, E, T, N, K);
-}
-
-// The same with clusters of 2 CTAs along N and A multicast (N / 128 even; grid even).
-extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
-    moe_grouped_gemm_wgmma_mc(const __grid_constant__ TmaMap map_a, const __grid_constant__ TmaMap map_b, const float* __restrict__ sa,
-                              const float* __restrict__ sb, u16* __restrict__ d, const int* __restrict__ counts, int E, int T, int N, int K) {
-    gemm_body<true>(&map_a, &map_b, sa, sb, d, counts, E, T, N, K);
 }
 
 // ---- probes (test support: tests/wgmma.rs) -----------------------------------------------------
@@ -480,6 +391,7 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
 // (a) One TMA box (128 B x 64 rows x 1) of `map` at (c0, c1, c2) into 1024-aligned shared
 // memory; the 8192 raw bytes (still swizzled) are copied to out[0..8192). 128 threads.
 extern "C" __global__ void __launch_bounds__(128) moe_wgmma_probe_tma(const __grid_constant__ TmaMap map, int c0, int c1, int c2, u8* out) {
+    extern __shared__ __align__(1024) u8 smem_raw[];
     u8* smem;
     const u32 base = aligned_smem_base(smem_raw, &smem);
     const u32 bar = base + PB_BOX_BYTES;
@@ -502,6 +414,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_wgmma_probe_tma(const __gr
 // GEMM's own four wgmma k32, the first with scale-d = 0) runs on an accumulator preset to NaN
 // (which scale-d = 0 must ignore); out[row * 128 + col] = the f32 partial. 128 threads.
 extern "C" __global__ void __launch_bounds__(128) moe_wgmma_probe_mma(const u8* __restrict__ a, const u8* __restrict__ b, float* __restrict__ out) {
+    extern __shared__ __align__(1024) u8 smem_raw[];
     u8* smem;
     const u32 base = aligned_smem_base(smem_raw, &smem);
     for (int i = threadIdx.x; i < (PB_BOX_BYTES + WG_B_BYTES) / 16; i += blockDim.x) {
@@ -538,6 +451,7 @@ extern "C" __global__ void __launch_bounds__(128) moe_wgmma_probe_mma(const u8* 
 // warpgroup un-swizzles each into out[i * 8192 + r * 128 + k] and releases the stage. 160 threads.
 extern "C" __global__ void __launch_bounds__(PB_THREADS)
     moe_wgmma_probe_ring(const __grid_constant__ TmaMap map, int E, int T, int K, int ntiles, u8* __restrict__ out) {
+    extern __shared__ __align__(1024) u8 smem_raw[];
     u8* smem;
     const u32 base = aligned_smem_base(smem_raw, &smem);
     const u32 bars = base + PB_STAGES * PB_BOX_BYTES;

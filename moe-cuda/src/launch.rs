@@ -201,42 +201,6 @@ fn blocks_for(items: usize, per_block: usize, cap: u32) -> u32 {
 }
 
 impl Launcher<'_> {
-    /// How many clusters of `cfg` (which must have one) can be resident on the device at once
-    /// for entry point `name` of program `id`: the grid of a persistent cluster kernel, so that
-    /// no cluster waits for another to finish (an odd number of SMs in a GPC leaves some idle).
-    fn max_active_clusters(&self, id: KernelId, name: &'static str, cfg: Config, op: &'static str) -> Result<u32, DeviceError> {
-        let f = self.dev.function(id, name)?;
-        self.dev.ctx().bind_to_thread().map_err(driver_err(op))?;
-        if cfg.dyn_smem > DEFAULT_DYN_SMEM {
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                cfg.dyn_smem as i32,
-            )
-            .map_err(driver_err(op))?;
-        }
-        let mut attrs = cfg.attributes();
-        let config = sys::CUlaunchConfig {
-            gridDimX: cfg.grid.0,
-            gridDimY: cfg.grid.1,
-            gridDimZ: cfg.grid.2,
-            blockDimX: cfg.block.0,
-            blockDimY: cfg.block.1,
-            blockDimZ: cfg.block.2,
-            sharedMemBytes: cfg.dyn_smem,
-            hStream: self.stream.cu_stream(),
-            attrs: attrs.as_mut_ptr(),
-            numAttrs: attrs.len() as u32,
-        };
-        let mut n = 0i32;
-        // SAFETY: a query, no launch: `config` (with its attributes, alive for the call) is a
-        // valid configuration and `f` a live function of a module loaded in this context, bound
-        // to this thread; the driver writes one int into `n`.
-        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config) }
-            .result()
-            .map_err(driver_err(op))?;
-        Ok(n.max(0) as u32)
-    }
-
     /// Launches entry point `name` of program `id` with `cfg` and `args`, through
     /// `cuLaunchKernelEx`; raises the function's dynamic shared-memory limit first when `cfg`
     /// asks for more than 48 KiB.

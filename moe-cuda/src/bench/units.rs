@@ -30,8 +30,7 @@ pub fn gemm_config(kernel: GemmKernel) -> String {
         }
         GemmKernel::Wgmma => format!(
             "TMA + wgmma.m64n128k32 e4m3 (chained per 128-K block), {WG_BM}x{WG_BN} tiles, 6-stage ring, \
-             1 producer + 2 consumer warpgroups (setmaxnreg 40/232), persistent grid (1 CTA/SM), \
-             clusters of 2 along N with A multicast when N/128 is even"
+             1 producer + 2 consumer warpgroups (setmaxnreg 40/232), persistent grid (1 CTA/SM)"
         ),
     }
 }

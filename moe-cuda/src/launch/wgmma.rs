@@ -37,10 +37,10 @@ pub(crate) const GEMM_SMEM: u32 = ALIGN_SLACK + WG_STAGES * (A_BYTES + B_BYTES) 
 /// raise their registers to 232 with `setmaxnreg`, which fills the SM's file).
 const CTAS_PER_SM: u32 = 1;
 
-/// The tensor maps' layouts of `a (E, T, K)` (boxes of 64 rows, two per tile) and `b (E, N, K)` (boxes of
+/// The tensor maps' layouts of `a (E, T, K)` (boxes of 128 rows) and `b (E, N, K)` (boxes of
 /// 128 rows), or the TMA limit that the shape breaks, by tensor and dimension.
 pub(crate) fn gemm_layouts(e: usize, t: usize, n: usize, k: usize) -> Result<(TiledE4m3, TiledE4m3), ProblemError> {
-    Ok((TiledE4m3::new("a", e, t, k, WG_BM / 2)?, TiledE4m3::new("b", e, n, k, WG_BN)?))
+    Ok((TiledE4m3::new("a", e, t, k, WG_BM)?, TiledE4m3::new("b", e, n, k, WG_BN)?))
 }
 
 impl<'a> Args<'a> {
@@ -94,25 +94,8 @@ impl Launcher<'_> {
         let mut args = Args::new(self.stream);
         args.tensor_map(a, &la, OP)?.tensor_map(bw, &lb, OP)?;
         args.buf(sa).buf(sb).buf_mut(d).buf(counts).dim(e).dim(t).dim(n).dim(k);
-        let (mt, nt) = (t.div_ceil(WG_BM), n / WG_BN);
-        // Clusters of two CTAs along N share A (multicast) when the column tiles pair up.
-        let paired = nt % 2 == 0 && self.dev.sm_count() >= 2;
-        let (name, cfg) = if paired {
-            let probe = Config {
-                cluster: Some((2, 1, 1)),
-                ..with_smem(2, WG_THREADS, GEMM_SMEM)
-            };
-            let resident = self.max_active_clusters(KernelId::GemmWgmma, "moe_grouped_gemm_wgmma_mc", probe, OP)?;
-            let clusters = super::blocks_for(e * mt * (nt / 2), 1, resident.max(1));
-            let cfg = Config {
-                cluster: Some((2, 1, 1)),
-                ..with_smem(2 * clusters, WG_THREADS, GEMM_SMEM)
-            };
-            ("moe_grouped_gemm_wgmma_mc", cfg)
-        } else {
-            let grid = super::blocks_for(e * mt * nt, 1, self.dev.sm_count() * CTAS_PER_SM);
-            ("moe_grouped_gemm_wgmma", with_smem(grid, WG_THREADS, GEMM_SMEM))
-        };
+        let tiles = e * t.div_ceil(WG_BM) * (n / WG_BN);
+        let grid = super::blocks_for(tiles, 1, self.dev.sm_count() * CTAS_PER_SM);
         // SAFETY: arguments match the C signature above in order and type (two 128-byte maps
         // by value, four device pointers, four ints). The maps describe `a` as (K, T, E) and `b`
         // as (K, N, E) bytes at those buffers' addresses, whose lengths were asserted above, so
@@ -120,13 +103,18 @@ impl Launcher<'_> {
         // kernel walks tiles (e < E, m0 < T, n0 < N) of the fixed tile space, reads `sa` at
         // (e, kb, t) only for t < clamp(counts[e], 0, T) <= T, `sb` at (e, n0/128, kb) with
         // kb < K/128, and writes `d` at (e, t, n0..n0+128) only for t < clamp(counts[e], 0, T):
-        // all within the asserted lengths; the `_mc` entry point (same signature) runs in
-        // clusters of 2 CTAs (a grid of 2 x clusters) whose TMA multicasts write only the
-        // peer's ring stages at the offsets of its own. It needs exactly 384 threads (a producer
-        // warpgroup and two consumer warpgroups; its empty barriers count 8 arrivals, 16 with
-        // clusters) and GEMM_SMEM bytes of dynamic
+        // all within the asserted lengths. It needs exactly 384 threads (a producer warpgroup
+        // and two consumer warpgroups; its empty barriers count 8 arrivals) and GEMM_SMEM bytes of dynamic
         // shared memory (1024 slack + 6 stages x 32 KiB + 12 barriers).
-        unsafe { self.launch(KernelId::GemmWgmma, name, cfg, args, OP) }
+        unsafe {
+            self.launch(
+                KernelId::GemmWgmma,
+                "moe_grouped_gemm_wgmma",
+                with_smem(grid, WG_THREADS, GEMM_SMEM),
+                args,
+                OP,
+            )
+        }
     }
 
     /// `moe_wgmma_probe_tma(const TmaMap map, int c0, int c1, int c2, u8* out)`: one
