@@ -48,6 +48,7 @@
 #define WG_THREADS (128 * (1 + WG_CONSUMER_WGS))
 #define WG_PRODUCER_REGS 40
 #define WG_CONSUMER_REGS 232
+#define WG_SCALE_AHEAD 4
 // The probes: boxes of 64 rows, a 4-stage ring, one consumer warpgroup and one producer warp.
 #define PB_ROWS 64
 #define PB_BOX_BYTES (PB_ROWS * WG_BK)
@@ -270,6 +271,27 @@ __device__ __forceinline__ void block_partial(float (&part)[64], u32 a_tile, u32
 
 // ---- the grouped GEMM --------------------------------------------------------------------------
 
+// The activation scales of rows lo and hi and the weight scale of one K block.
+struct Scales3 {
+    float lo, hi, b;
+};
+
+// Loads the scales of K block kb of a tile (zeros past the last block and for dead rows).
+struct ScaleLoader {
+    const float* sa_e;
+    const float* sb_t;
+    int T, KB, cnt, row_lo, row_hi;
+    __device__ __forceinline__ Scales3 at(int kb) const {
+        Scales3 s = {0.0f, 0.0f, 0.0f};
+        if (kb < KB) {
+            if (row_lo < cnt) s.lo = sa_e[(long long)kb * T + row_lo];
+            if (row_hi < cnt) s.hi = sa_e[(long long)kb * T + row_hi];
+            s.b = sb_t[kb];
+        }
+        return s;
+    }
+};
+
 __device__ __forceinline__ void decode_tile(long long tile, int MT, int NT, int* e, int* mt, int* nt) {
     *nt = (int)(tile % NT);
     const long long rest = tile / NT;
@@ -337,20 +359,21 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1)
         for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
         const float* sa_e = sa + (long long)e * KB * T;
         const float* sb_t = sb + ((long long)e * NT + nt) * KB;
-        // Scales one K block ahead (plain loads, in flight while the tensor cores run). Rows past
-        // the count are never stored; their scale is 0 and never read from memory.
-        float sa_lo_next = row_lo < cnt ? sa_e[row_lo] : 0.0f;
-        float sa_hi_next = row_hi < cnt ? sa_e[row_hi] : 0.0f;
-        float sb_next = sb_t[0];
+        // Scales WG_SCALE_AHEAD K blocks ahead, rotated through registers (plain loads, in flight
+        // while the tensor cores run: Nsight Compute showed the consumers stalled on them with a
+        // distance of one block). Rows past the count are never stored; their scale is 0 and
+        // never read from memory.
+        const ScaleLoader ld = {sa_e, sb_t, T, KB, cnt, row_lo, row_hi};
+        Scales3 sc[WG_SCALE_AHEAD];
+#pragma unroll
+        for (int i = 0; i < WG_SCALE_AHEAD; ++i) sc[i] = ld.at(i);
         for (int kb = 0; kb < KB; ++kb) {
-            const float sa_lo = sa_lo_next;
-            const float sa_hi = sa_hi_next;
-            const float sbv = sb_next;
-            if (kb + 1 < KB) {
-                sa_lo_next = row_lo < cnt ? sa_e[(long long)(kb + 1) * T + row_lo] : 0.0f;
-                sa_hi_next = row_hi < cnt ? sa_e[(long long)(kb + 1) * T + row_hi] : 0.0f;
-                sb_next = sb_t[kb + 1];
-            }
+            const float sa_lo = sc[0].lo;
+            const float sa_hi = sc[0].hi;
+            const float sbv = sc[0].b;
+#pragma unroll
+            for (int i = 0; i + 1 < WG_SCALE_AHEAD; ++i) sc[i] = sc[i + 1];
+            sc[WG_SCALE_AHEAD - 1] = ld.at(kb + WG_SCALE_AHEAD);
             const u32 a_tile = base + pos.stage * WG_STAGE_BYTES;
             ring_consume<WG_STAGES>(bars, pos);
             if (live) block_partial(part, a_tile + 64 * WG_BK * cw, a_tile + WG_A_BYTES);
