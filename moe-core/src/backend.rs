@@ -8,8 +8,8 @@ use half::bf16;
 
 use crate::error::MoeError;
 use crate::problem::{
-    Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, GroupedGemm, Prepare, Route, SiluMulQuant, TokenGroupQuant,
-    WorkspaceShapes,
+    Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize, Gate, GroupedGemm, Prepare, Route, SiluMulQuant,
+    TokenGroupQuant, WorkspaceShapes,
 };
 pub use crate::problem::{ExpertsInputs, GemmInputs};
 use crate::scale::{ScaleBuf, ScalesMut};
@@ -50,6 +50,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// when the problem has one, `bias (Eg)`. A NaN logit is [`ProblemError::NanLogit`](crate::ProblemError::NanLogit)
     /// (the first in (token, expert) order), and then neither output is written.
     fn route(&self, p: &Route, logits: &[f32], bias: Option<&[f32]>, topk_ids: &mut [i32], topk_weights: &mut [f32]) -> MoeResult<()>;
+
+    /// The gate GEMM (SPEC §5.7 step 1): `logits (M, Eg)` from `x (M, K)` and the gate weight
+    /// `w (Eg, K)` widened to f32, bit-identical to [`gate_logit`](crate::gate_logit) per element.
+    fn gate(&self, p: &Gate, x: &[bf16], w: &[f32], logits: &mut [f32]) -> MoeResult<()>;
 }
 
 /// Host copies of the experts stage's intermediates, so that each stage can be checked on its own.

@@ -43,7 +43,8 @@ pub use math::{exp_f32, silu_f32, vllm_ceil_pow2_bf16};
 pub use meta::{estimate_expected_m, moe_problem_size, MoeProblemSize};
 pub use metrics::{calc_diff, calc_diff_bf16, ulp_bf16};
 pub use problem::{
-    check_counts, check_len, clamp_count, rank_index, rank_key, Activation, BatchedTokenGroupQuant, BlockQuant, ExpertsStage, Finalize,
-    GroupedGemm, Prepare, Route, RouterConfig, Routing, RoutingDims, Scoring, SiluMulQuant, TokenGroupQuant, WeightsRef, WorkspaceShapes,
+    check_counts, check_len, clamp_count, finish_logit, gate_logit, rank_index, rank_key, Activation, BatchedTokenGroupQuant, BlockQuant,
+    ExpertsStage, Finalize, Gate, GroupedGemm, Prepare, Route, RouterConfig, Routing, RoutingDims, Scoring, SiluMulQuant, TokenGroupQuant,
+    WeightsRef, WorkspaceShapes, GATE_NAN_BITS,
 };
 pub use scale::{ue8m0_word_get, ue8m0_word_set, ue8m0_word_slot, Numerics, ScaleBuf, ScaleFormat, ScaleLayout, Scales, ScalesMut, GROUP};

@@ -173,3 +173,56 @@ extern "C" __global__ void __launch_bounds__(256) moe_route(const float* __restr
         __syncwarp();
     }
 }
+
+// ---- the gate GEMM (SPEC §5.7 step 1) ------------------------------------------------------
+//
+// logits[m, e] = f32(Σ_k f64(x[m, k]) · f64(w[e, k])), summed in increasing k exactly as
+// moe_core::gate_logit (each product of a bf16 and an f32 is exact in f64; the additions are
+// IEEE f64 in the same order, and no contraction: --fmad=false and explicit _rn intrinsics),
+// rounded once to f32; a NaN is written as 0x7FC00000. Bit-identical to the CPU.
+// Block: 32 experts (threadIdx.x) x 8 tokens (threadIdx.y); K walked in chunks of 32 staged in
+// shared memory (x as f32, exact). Token blocks stride over gridDim.y.
+
+#define GATE_TE 32
+#define GATE_TM 8
+#define GATE_KC 32
+
+extern "C" __global__ void __launch_bounds__(GATE_TE * GATE_TM)
+    moe_gate(const u16* __restrict__ x, const float* __restrict__ w, float* __restrict__ logits, long long M, int Eg, int K) {
+    __shared__ float xs[GATE_TM][GATE_KC];
+    __shared__ float ws[GATE_TE][GATE_KC + 1];
+    const int tx = threadIdx.x;
+    const int ty = threadIdx.y;
+    const int tid = ty * GATE_TE + tx;
+    const int e0 = blockIdx.x * GATE_TE;
+    const int e = e0 + tx;
+    for (long long m0 = (long long)blockIdx.y * GATE_TM; m0 < M; m0 += (long long)gridDim.y * GATE_TM) {
+        const long long m = m0 + ty;
+        double acc = 0.0;
+        for (int k0 = 0; k0 < K; k0 += GATE_KC) {
+            {
+                const int r = tid / GATE_KC;
+                const int c = tid % GATE_KC;
+                const long long mm = m0 + r;
+                const int kk = k0 + c;
+                xs[r][c] = (mm < M && kk < K) ? bf16_to_f32(x[mm * K + kk]) : 0.0f;
+            }
+            for (int i = tid; i < GATE_TE * GATE_KC; i += GATE_TE * GATE_TM) {
+                const int r = i / GATE_KC;
+                const int c = i % GATE_KC;
+                const int ee = e0 + r;
+                const int kk = k0 + c;
+                ws[r][c] = (ee < Eg && kk < K) ? w[(long long)ee * K + kk] : 0.0f;
+            }
+            __syncthreads();
+            const int kn = min(GATE_KC, K - k0);
+            for (int kk = 0; kk < kn; ++kk) acc = __dadd_rn(acc, __dmul_rn((double)xs[ty][kk], (double)ws[tx][kk]));
+            __syncthreads();
+        }
+        if (m < M && e < Eg) {
+            float v = __double2float_rn(acc);
+            if (v != v) v = __int_as_float(0x7FC00000);
+            logits[m * Eg + e] = v;
+        }
+    }
+}

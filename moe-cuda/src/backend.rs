@@ -14,7 +14,7 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::bf16;
 use moe_core::{
     Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Capabilities, DeviceError, ExpertsInputs, ExpertsStage,
-    ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm, MoeResult, Prepare, Route, ScaleLayout, ScalesMut, SiluMulQuant,
+    ExpertsWorkspace, Finalize, Gate, GemmInputs, GroupedGemm, MoeResult, Prepare, Route, ScaleLayout, ScalesMut, SiluMulQuant,
     TokenGroupQuant, WeightsRef,
 };
 
@@ -374,6 +374,10 @@ impl Backend for CudaBackend {
 
     fn route(&self, p: &Route, logits: &[f32], bias: Option<&[f32]>, topk_ids: &mut [i32], topk_weights: &mut [f32]) -> MoeResult<()> {
         route::run(self, p, logits, bias, topk_ids, topk_weights)
+    }
+
+    fn gate(&self, p: &Gate, x: &[bf16], w: &[f32], logits: &mut [f32]) -> MoeResult<()> {
+        route::gate(self, p, x, w, logits)
     }
 }
 

@@ -22,7 +22,8 @@ pub enum KernelId {
     Gemm,
     /// `finalize.cu`: router-weighted combine.
     Finalize,
-    /// `route.cu`: the router (scores, group selection, top-k, weights), one warp per token.
+    /// `route.cu`: the router (scores, group selection, top-k, weights), one warp per token,
+    /// and the gate GEMM before it (exact float64 sums).
     Route,
     /// `bench.cu`: the benchmark harness's read-only streaming ceiling and spin kernel.
     Bench,
@@ -99,7 +100,7 @@ impl KernelId {
             KernelId::Silu => &["moe_silu_mul_quant"],
             KernelId::Gemm => &["moe_grouped_gemm", "moe_grouped_gemm_k32"],
             KernelId::Finalize => &["moe_finalize"],
-            KernelId::Route => &["moe_route"],
+            KernelId::Route => &["moe_route", "moe_gate"],
             KernelId::Bench => &["moe_bench_read", "moe_bench_spin"],
             KernelId::GemmWgmma => &[
                 "moe_grouped_gemm_wgmma",

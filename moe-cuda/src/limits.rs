@@ -73,6 +73,11 @@ pub(crate) fn finalize(k: usize, topk: usize, e: usize, t: usize) -> Result<(), 
     check("topk_ids", &[("topk", topk)])
 }
 
+/// The gate GEMM `x (M, K) · gate (Eg, K)ᵀ` (`M` is 64-bit in the kernel, `Eg` and `K` ints).
+pub(crate) fn gate(eg: usize, k: usize) -> Result<(), ProblemError> {
+    check("gate", &[("Eg", eg), ("K", k)])
+}
+
 /// The router of `logits (M, Eg)` into `topk_ids (M, k)` (`M` is 64-bit in the kernel; `Eg` is
 /// bounded by the shared memory of one warp).
 pub(crate) fn route(eg: usize) -> Result<(), ProblemError> {

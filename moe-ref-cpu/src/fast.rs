@@ -12,7 +12,7 @@ use half::bf16;
 use moe_core::format::{bf16_out, e4m3_from_f32, round_bf16};
 use moe_core::math::exp_f32;
 use moe_core::{
-    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics,
+    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, Gate, GemmInputs, GroupedGemm, MoeResult, Numerics,
     Prepare, Route, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 use pulp::{Arch, Simd, WithSimd};
@@ -317,6 +317,10 @@ impl Backend for CpuBackend {
 
     fn route(&self, p: &Route, logits: &[f32], bias: Option<&[f32]>, topk_ids: &mut [i32], topk_weights: &mut [f32]) -> MoeResult<()> {
         crate::route::fast(self, p, logits, bias, topk_ids, topk_weights)
+    }
+
+    fn gate(&self, p: &Gate, x: &[bf16], w: &[f32], logits: &mut [f32]) -> MoeResult<()> {
+        crate::gate::fast(self, p, x, w, logits)
     }
 }
 

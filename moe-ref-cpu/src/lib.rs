@@ -29,6 +29,7 @@
 
 mod common;
 mod fast;
+mod gate;
 mod gemm;
 mod naive;
 mod route;

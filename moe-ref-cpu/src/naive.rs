@@ -6,7 +6,7 @@ use half::bf16;
 use moe_core::format::{bf16_out, e4m3_from_f32, e4m3_to_f32, round_bf16};
 use moe_core::math::silu_f32;
 use moe_core::{
-    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Numerics,
+    Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, Gate, GemmInputs, GroupedGemm, MoeResult, Numerics,
     Prepare, Route, ScaleFormat, ScaleLayout, ScalesMut, SiluMulQuant, TokenGroupQuant, E4M3_MAX, GROUP,
 };
 
@@ -246,6 +246,10 @@ impl Backend for NaiveCpu {
 
     fn route(&self, p: &Route, logits: &[f32], bias: Option<&[f32]>, topk_ids: &mut [i32], topk_weights: &mut [f32]) -> MoeResult<()> {
         crate::route::naive(p, logits, bias, topk_ids, topk_weights)
+    }
+
+    fn gate(&self, p: &Gate, x: &[bf16], w: &[f32], logits: &mut [f32]) -> MoeResult<()> {
+        crate::gate::naive(p, x, w, logits)
     }
 }
 

@@ -24,6 +24,8 @@ fn duts_or_skip(_test: &str) -> Option<&'static [(String, Dut)]> {
 
 #[path = "suites/experts.rs"]
 mod experts;
+#[path = "suites/gate.rs"]
+mod gate;
 #[path = "suites/gemm.rs"]
 mod gemm;
 #[path = "suites/quant.rs"]

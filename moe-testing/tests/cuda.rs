@@ -67,6 +67,8 @@ fn only_a_missing_device_is_a_skip() {
 
 #[path = "suites/experts.rs"]
 mod experts;
+#[path = "suites/gate.rs"]
+mod gate;
 #[path = "suites/gemm.rs"]
 mod gemm;
 #[path = "suites/quant.rs"]

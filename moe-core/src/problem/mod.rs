@@ -10,12 +10,14 @@
 //! finalize and `Routing`), `router` (the router that makes `topk_ids`).
 
 mod checks;
+mod gate;
 mod gemm;
 mod quant;
 mod router;
 mod routing;
 
 pub use checks::{check_counts, check_len, clamp_count};
+pub use gate::{finish_logit, gate_logit, Gate, GATE_NAN_BITS};
 pub use gemm::{ExpertsInputs, ExpertsStage, GemmInputs, GroupedGemm, WeightsRef, WorkspaceShapes};
 pub use quant::{Activation, BatchedTokenGroupQuant, BlockQuant, SiluMulQuant, TokenGroupQuant};
 pub use router::{rank_index, rank_key, Route, RouterConfig, Scoring};

@@ -2,7 +2,7 @@
 //! so that every launch of the crate stays in `launch`.
 
 use cudarc::driver::CudaSlice;
-use moe_core::{DeviceError, Route};
+use moe_core::{DeviceError, Gate, Route};
 
 use super::{blocks_for, need, Args, Config, Launcher};
 use crate::kernels::{scoring_code, KernelId};
@@ -10,6 +10,9 @@ use crate::limits::ROUTE_MAX_EXPERTS;
 
 /// The most warps (tokens in flight) per block: the kernel's `__launch_bounds__(256)`.
 const MAX_WARPS: usize = 8;
+/// The gate kernel's block: experts per block (`GATE_TE`) and tokens per block (`GATE_TM`).
+const GATE_TE: usize = 32;
+const GATE_TM: usize = 8;
 /// Dynamic shared memory a block may use without raising its limit.
 const SMEM_BUDGET: usize = 48 * 1024;
 
@@ -76,6 +79,29 @@ impl Launcher<'_> {
         // real expert. 32 * warps <= 256 threads match its __launch_bounds__(256).
         unsafe { self.launch(KernelId::Route, "moe_route", cfg, a, "route") }
     }
+
+    /// `moe_gate(const u16* x, const float* w, float* logits, long long M, int Eg, int K)`:
+    /// blocks of 32 experts x 8 tokens (256 threads), token blocks striding over grid.y.
+    pub(crate) fn gate(&self, p: &Gate, x: &CudaSlice<u16>, w: &CudaSlice<f32>, logits: &mut CudaSlice<f32>) -> Result<(), DeviceError> {
+        let (m, eg, k) = (p.tokens(), p.experts(), p.k());
+        need(x, m * k, "x");
+        need(w, eg * k, "gate");
+        need(logits, m * eg, "logits");
+        let mut a = Args::new(self.stream);
+        a.buf(x).buf(w).buf_mut(logits).i64(m).dim(eg).dim(k);
+        let cfg = Config {
+            grid: (eg.div_ceil(GATE_TE) as u32, m.div_ceil(GATE_TM).min(65_535) as u32, 1),
+            block: (GATE_TE as u32, GATE_TM as u32, 1),
+            ..Config::plain(1, 1)
+        };
+        // SAFETY: arguments match the C signature above (three device pointers, M as a 64-bit
+        // integer, two ints; Eg and K fit i32: `Gate::new` bounds every product and `dim`
+        // checks). Block (32, 8) matches its __launch_bounds__(256) and static shared arrays.
+        // Thread (tx, ty) of block (bx, by) reads x[mm * K + kk] only for mm < M, kk < K, and
+        // w[ee * K + kk] only for ee < Eg, kk < K, and writes logits[m * Eg + e] only for
+        // m < M, e < Eg: within the lengths asserted above. Token blocks stride by grid.y.
+        unsafe { self.launch(KernelId::Route, "moe_gate", cfg, a, "gate") }
+    }
 }
 
 #[cfg(test)]
@@ -91,4 +117,5 @@ mod tests {
         assert_eq!(warps_per_block(&big), 1);
         assert!(warps_per_block(&big) * smem_per_warp(&big) <= SMEM_BUDGET);
     }
+
 }

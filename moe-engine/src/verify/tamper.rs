@@ -6,8 +6,8 @@
 //! bug. Used by the engine's and moe-testing's planted-bug tests.
 
 use moe_core::{
-    bf16, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, GemmInputs, GroupedGemm, MoeResult, Prepare,
-    Route, ScalesMut, SiluMulQuant, TokenGroupQuant,
+    bf16, Activation, Backend, BatchedExperts, BatchedTokenGroupQuant, BlockQuant, Finalize, Gate, GemmInputs, GroupedGemm, MoeResult,
+    Prepare, Route, ScalesMut, SiluMulQuant, TokenGroupQuant,
 };
 
 /// The hook: the problem, its inputs and the output the inner backend wrote.
@@ -114,6 +114,9 @@ impl Backend for Tampered<'_> {
     }
     fn route(&self, p: &Route, logits: &[f32], bias: Option<&[f32]>, ids: &mut [i32], w: &mut [f32]) -> MoeResult<()> {
         self.inner.route(p, logits, bias, ids, w)
+    }
+    fn gate(&self, p: &Gate, x: &[bf16], w: &[f32], logits: &mut [f32]) -> MoeResult<()> {
+        self.inner.gate(p, x, w, logits)
     }
 }
 
