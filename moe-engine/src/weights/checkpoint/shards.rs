@@ -1,7 +1,7 @@
 //! The weight files of a checkpoint: `model.safetensors`, or the shards that
 //! `model.safetensors.index.json` lists, each memory-mapped and its header parsed on first use.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -91,41 +91,40 @@ impl Shards {
         let Some(weight_map) = v.get("weight_map").and_then(Value::as_object) else {
             return Err(bad("no `weight_map` object".into()).into());
         };
-        let mut files: Vec<Shard> = Vec::new();
-        let mut by_name: HashMap<&str, usize> = HashMap::new();
-        let mut map = HashMap::with_capacity(weight_map.len());
+        // The shards in name order (`model-00001-of-…` first), each checked to exist.
+        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         for (tensor, shard) in weight_map {
             let Some(shard) = shard.as_str() else {
                 return Err(bad(format!("weight_map[`{tensor}`] = {shard} is not a file name")).into());
             };
-            let plain = Path::new(shard).file_name().is_some_and(|n| n == shard);
-            if !plain {
+            if Path::new(shard).file_name().is_none_or(|n| n != shard) {
                 return Err(bad(format!(
                     "weight_map[`{tensor}`] = `{shard}` is not a plain file name of the checkpoint directory"
                 ))
                 .into());
             }
-            let i = match by_name.get(shard) {
-                Some(&i) => i,
-                None => {
-                    let path = dir.join(shard);
-                    if !path.is_file() {
-                        return Err(CheckpointError::MissingShard {
-                            index: file.clone(),
-                            shard: display(&path),
-                        }
-                        .into());
-                    }
-                    files.push(Shard {
-                        path,
-                        open: OnceLock::new(),
-                    });
-                    by_name.insert(shard, files.len() - 1);
-                    files.len() - 1
-                }
-            };
-            map.insert(tensor.clone(), i);
+            names.insert(shard, 0);
         }
+        let mut files = Vec::with_capacity(names.len());
+        for (i, (shard, slot)) in names.iter_mut().enumerate() {
+            let path = dir.join(shard);
+            if !path.is_file() {
+                return Err(CheckpointError::MissingShard {
+                    index: file.clone(),
+                    shard: display(&path),
+                }
+                .into());
+            }
+            files.push(Shard {
+                path,
+                open: OnceLock::new(),
+            });
+            *slot = i;
+        }
+        let map = weight_map
+            .iter()
+            .filter_map(|(tensor, shard)| Some((tensor.clone(), names[shard.as_str()?])))
+            .collect();
         Ok(Self {
             files,
             map: Some(map),
