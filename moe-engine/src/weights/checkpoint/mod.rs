@@ -12,6 +12,35 @@
 //! Every problem is an [`InputError::Checkpoint`](crate::InputError::Checkpoint) that names the
 //! file and, where there is one, the tensor or the config key ([`CheckpointError`]); an
 //! unreadable file is an [`EngineError::ReadInput`] naming it; no input makes the loader panic.
+//!
+//! [`synth`] writes synthetic checkpoints of the same layout (`moe synth-checkpoint`).
+//!
+//! # Example
+//!
+//! Write the small Qwen3-MoE-shaped checkpoint (BF16), then load its first layer, quantized at
+//! load time:
+//!
+//! ```
+//! use moe_engine::weights::checkpoint::{synth, Checkpoint, LoadOptions};
+//!
+//! # fn main() -> Result<(), moe_engine::EngineError> {
+//! let dir = std::env::temp_dir().join(format!("moe-doc-ckpt-{}", std::process::id()));
+//! let preset = synth::Preset::Qwen3MoeMini;
+//! synth::write_checkpoint(&preset.spec(), preset.default_dtype(), 7, &dir, &|_| {})?;
+//!
+//! let ckpt = Checkpoint::open(&dir)?;
+//! let cfg = ckpt.config();
+//! assert!(cfg.is_moe_layer(0));
+//! let layer = ckpt.load_layer(0, &LoadOptions { pow2_scales: true, experts: Some(4..8) })?;
+//! assert_eq!((layer.w1.experts, layer.w1.rows, layer.w1.cols), (4, 2 * cfg.moe_intermediate_size, cfg.hidden_size));
+//! assert_eq!(layer.gate.len(), cfg.n_routed_experts * cfg.hidden_size);
+//! assert!(layer.bias.is_none() && layer.shared.is_none());
+//! let router = cfg.router(); // the settings of `moe_core::Route`
+//! assert_eq!(router.topk, cfg.num_experts_per_tok);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -20,6 +49,7 @@ mod config;
 mod error;
 mod layer;
 mod shards;
+pub mod synth;
 mod tensors;
 
 pub use config::ModelConfig;
