@@ -206,7 +206,7 @@ fn deepseek_mini_fp8_loads_exactly_what_was_written() {
     );
     assert_eq!((c.scoring, c.has_bias, c.norm_topk_prob), (Scoring::Sigmoid, true, true));
     assert_eq!((c.first_k_dense_replace, c.num_hidden_layers), (1, 3));
-    assert_eq!(ck.moe_layers(), vec![1, 2]);
+    assert_eq!(ck.moe_layers().collect::<Vec<_>>(), vec![1, 2]);
     let names: Vec<String> = ck
         .files()
         .iter()
@@ -290,7 +290,7 @@ fn qwen_mini_bf16_and_fp8_round_trip_without_shared_experts() {
             (16, 4, Scoring::Softmax, 1)
         );
         assert_eq!((c.n_shared_experts, c.has_bias, c.norm_topk_prob), (0, false, true));
-        assert_eq!(ck.moe_layers(), vec![0, 1]);
+        assert_eq!(ck.moe_layers().collect::<Vec<_>>(), vec![0, 1]);
         let w = written(&dir);
         for pow2 in [false, true] {
             for layer in [0, 1] {
@@ -418,7 +418,7 @@ fn layer_preset_writer_at_reduced_size() {
         assert_eq!(index["weight_map"][n], t.file.as_str());
     }
     let ck = Checkpoint::open(&dir).unwrap();
-    assert_eq!(ck.moe_layers(), vec![3]);
+    assert_eq!(ck.moe_layers().collect::<Vec<_>>(), vec![3]);
     let l = ck.load_layer(3, &all()).unwrap();
     check_layer(&w, &l, 0, false);
     assert!(l.w1.s.iter().chain(&l.w2.s).all(|s| (1e-3..1e-2).contains(s)));
@@ -836,5 +836,113 @@ fn tensor_missing_from_the_index_names_the_index() {
     let (e, msg) = ckpt_err(Checkpoint::open(&dir).unwrap().load_layer(1, &all()));
     assert!(matches!(e, CheckpointError::NotInIndex { .. }), "{msg}");
     assert!(msg.contains(name) && msg.contains("model.safetensors.index.json"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- No input makes the loader panic. ----
+
+/// A small single-file checkpoint (4 experts of K = I = 128, FP8), cheap to corrupt many times.
+fn tiny(test: &str) -> PathBuf {
+    let spec = SynthSpec {
+        hidden_size: 128,
+        moe_intermediate_size: 128,
+        experts: 4,
+        topk: 2,
+        num_hidden_layers: 1,
+        other_tensors: false,
+        ..Preset::Qwen3MoeMini.spec()
+    };
+    let dir = tmp(test);
+    synth::write_checkpoint(&spec, WeightDtype::Fp8, 0, &dir, &|_| {}).unwrap();
+    dir
+}
+
+#[test]
+fn any_config_value_is_an_error_or_a_config_never_a_panic() {
+    let dir = tiny("config-values");
+    let original = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&original)
+        .unwrap()
+        .keys()
+        .cloned()
+        .chain(
+            [
+                "n_group",
+                "topk_group",
+                "n_shared_experts",
+                "first_k_dense_replace",
+                "moe_layer_freq",
+                "topk_method",
+                "scoring_func",
+            ]
+            .map(String::from),
+        )
+        .collect();
+    let values = serde_json::json!([
+        null,
+        -1,
+        0,
+        1,
+        3,
+        127,
+        1e300,
+        18446744073709551615u64,
+        "x",
+        [],
+        [128],
+        {},
+        true,
+        2.5
+    ]);
+    for key in &keys {
+        for v in values.as_array().unwrap() {
+            std::fs::write(dir.join("config.json"), &original).unwrap();
+            edit_config(&dir, |c| {
+                c.insert(key.clone(), v.clone());
+            });
+            if let Ok(ck) = Checkpoint::open(&dir) {
+                let _ = ck.moe_layers().take(4).count();
+                let _ = ck.load_layer(0, &all());
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn corrupted_or_truncated_weights_are_errors_never_panics() {
+    let dir = tiny("corrupt");
+    let path = dir.join("model.safetensors");
+    let original = std::fs::read(&path).unwrap();
+    let header_end = 8 + u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    let mut rng = moe_engine::rng::Rng::new(42);
+    let (mut ok, mut err) = (0, 0);
+    for case in 0..300 {
+        let mut bytes = original.clone();
+        match case % 3 {
+            0 => bytes.truncate(rng.below(original.len())),
+            1 => {
+                for _ in 0..1 + rng.below(4) {
+                    let i = rng.below(header_end);
+                    bytes[i] = rng.next_u64() as u8;
+                }
+            }
+            _ => {
+                // Digits of the header changed: offsets and shapes that disagree with the data.
+                let digits: Vec<usize> = (8..header_end).filter(|&i| bytes[i].is_ascii_digit()).collect();
+                let i = digits[rng.below(digits.len())];
+                bytes[i] = b'0' + rng.below(10) as u8;
+            }
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        match Checkpoint::open(&dir).unwrap().load_layer(0, &all()) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(e.is_input(), "case {case}: {e}");
+                err += 1;
+            }
+        }
+    }
+    assert!(err > 200, "{ok} loads, {err} errors");
     std::fs::remove_dir_all(&dir).unwrap();
 }

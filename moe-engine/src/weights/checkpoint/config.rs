@@ -62,7 +62,7 @@ impl ModelConfig {
     /// the keys of one family, the others keeping defaults that hold for every layer, so the
     /// conjunction of both answers for either.
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        self.dense_reason(layer).is_none() && layer < self.num_hidden_layers
+        layer < self.num_hidden_layers && self.dense_reason(layer).is_none()
     }
 
     /// The rule that makes an existing layer dense, for messages.
@@ -74,7 +74,8 @@ impl ModelConfig {
             ))
         } else if layer.checked_rem(self.moe_layer_freq) != Some(0) {
             Some(format!("only multiples of moe_layer_freq = {} are MoE", self.moe_layer_freq))
-        } else if (layer + 1).checked_rem(self.decoder_sparse_step) != Some(0) {
+        } else if layer.checked_rem(self.decoder_sparse_step) != Some(self.decoder_sparse_step.wrapping_sub(1)) {
+            // `(layer + 1) % step == 0`, without overflowing at `usize::MAX`.
             Some(format!(
                 "only layers l with (l + 1) a multiple of decoder_sparse_step = {} are MoE",
                 self.decoder_sparse_step
@@ -379,8 +380,11 @@ mod tests {
     }
 
     #[test]
-    fn hand_built_configs_never_divide_by_zero() {
+    fn hand_built_configs_never_divide_by_zero_or_overflow() {
         let mut c = ModelConfig::from_json(DEEPSEEK_V3, "config.json").unwrap();
+        assert!(!c.is_moe_layer(usize::MAX));
+        c.num_hidden_layers = usize::MAX;
+        assert!(c.is_moe_layer(usize::MAX - 1));
         c.moe_layer_freq = 0;
         c.decoder_sparse_step = 0;
         assert!(!c.is_moe_layer(5));

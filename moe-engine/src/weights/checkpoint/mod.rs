@@ -138,11 +138,9 @@ impl Checkpoint {
         self.shards.paths().collect()
     }
 
-    /// The MoE layers, in order.
-    pub fn moe_layers(&self) -> Vec<usize> {
-        (0..self.config.num_hidden_layers)
-            .filter(|&l| self.config.is_moe_layer(l))
-            .collect()
+    /// The MoE layers, in order (lazily: `num_hidden_layers` comes from the file).
+    pub fn moe_layers(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.config.num_hidden_layers).filter(|&l| self.config.is_moe_layer(l))
     }
 
     /// Loads MoE layer `layer`: the gate (and its bias), the routed experts of `opts.experts`
