@@ -13,6 +13,8 @@
 //! - `moe bench --suite NAME [--json FILE] [--svg FILE]`: timings against ceilings measured in
 //!   the same run and the cuBLASLt baseline (`docs/benchmarks.md`); `--backend cpu` times the CPU
 //!   with smaller shapes.
+//! - `moe synth-checkpoint --preset NAME --out DIR`: a synthetic Hugging Face checkpoint
+//!   (DeepSeek-V3 or Qwen3-MoE layout, FP8 or BF16) for the checkpoint loader.
 //!
 //! Exit codes: 0 success; 1 a failed check, a device error or an unwritable output; 2 bad input
 //! or usage (as clap's own usage errors).
@@ -30,6 +32,7 @@ use moe_engine::{device, pipeline, Device, DeviceKind, EngineError, InputError, 
 
 mod bench;
 mod diff;
+mod synth_ckpt;
 
 /// Exit code of an input or usage error (the same as clap's for a bad command line).
 const EXIT_INPUT: u8 = 2;
@@ -69,6 +72,8 @@ enum Command {
     Diff(diff::DiffArgs),
     /// Time every GPU stage against ceilings measured in the same run and the cuBLASLt baseline (JSON, SVG roofline).
     Bench(bench::BenchArgs),
+    /// Write a synthetic Hugging Face checkpoint (DeepSeek-V3 or Qwen3-MoE layout) for the checkpoint loader.
+    SynthCheckpoint(synth_ckpt::SynthCheckpointArgs),
 }
 
 fn parse_scale_fmt(s: &str) -> Result<ScaleFormat, String> {
@@ -296,6 +301,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd_run(a),
         Command::Op(a) => cmd_op(a),
         Command::Info => cmd_info(),
+        Command::SynthCheckpoint(a) => synth_ckpt::run(a),
         Command::Diff(a) => return diff::run(a),
         Command::Bench(a) => return bench::run(a),
     };

@@ -8,6 +8,8 @@
 
 use moe_core::{DeviceError, MoeError, ProblemError};
 
+use crate::weights::checkpoint::CheckpointError;
+
 /// A mistake in the input: the file, one of its tensors, or a flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -70,6 +72,10 @@ pub enum InputError {
     /// A flag is missing, out of range or does not apply to the operation.
     #[error("{0}")]
     Usage(String),
+    /// A Hugging Face checkpoint that cannot be loaded (its config, index, shards or tensors),
+    /// or a layer or experts it does not have.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 impl InputError {
@@ -81,6 +87,7 @@ impl InputError {
             | InputError::Rank { tensor, .. }
             | InputError::Shape { tensor, .. } => Some(tensor),
             InputError::Problem(p) => Some(p.tensor()).filter(|t| !t.is_empty()),
+            InputError::Checkpoint(c) => c.tensor(),
             InputError::Malformed { .. } | InputError::Usage(_) => None,
         }
     }
@@ -140,6 +147,12 @@ impl From<MoeError> for EngineError {
                 detail: other.to_string(),
             }),
         }
+    }
+}
+
+impl From<CheckpointError> for EngineError {
+    fn from(e: CheckpointError) -> Self {
+        EngineError::Input(InputError::Checkpoint(e))
     }
 }
 

@@ -3,9 +3,9 @@
 //! The runtime of moe-fp8, between the backends (moe-ref-cpu, moe-cuda) and the front ends (the
 //! `moe` binary, the fuzz targets, and later the Python module): the one place that picks a
 //! backend and knows its GEMM contract ([`device`]), every operation of SPEC §8 on named tensors
-//! ([`ops`]) and on `ndarray` arrays ([`array`](mod@array)), weights and tensor files ([`weights`]), the
-//! prepare → experts → finalize run with its stage timing ([`pipeline`]) and the differential
-//! harness ([`verify`]).
+//! ([`ops`]) and on `ndarray` arrays ([`array`](mod@array)), weights, tensor files and Hugging Face
+//! checkpoints ([`weights`]), the prepare → experts → finalize run with its stage timing
+//! ([`pipeline`]) and the differential harness ([`verify`]).
 //!
 //! What it promises:
 //! - [`ops::read_inputs`] accepts **any** bytes and returns either the validated inputs of an
@@ -13,6 +13,8 @@
 //! - [`ops::execute`] runs validated inputs on any backend and returns the outputs of SPEC §8
 //!   (names, safetensors dtypes, physical shapes), zero-initialized where the operation does not
 //!   write, so rows `t >= counts[e]` read back as zero.
+//! - [`weights::checkpoint::Checkpoint`] opens any directory and loads any layer, or returns an
+//!   [`InputError::Checkpoint`] naming the file, the tensor or the config key; it never panics.
 //! - [`weights::safetensors::write_atomic`] writes through a temporary file and a rename, so the
 //!   output path is either untouched or complete.
 //! - Every failure is one [`EngineError`]; [`EngineError::is_input`] says whether the caller's
