@@ -32,6 +32,7 @@ use moe_engine::{device, pipeline, Device, DeviceKind, EngineError, InputError, 
 
 mod bench;
 mod diff;
+mod layer;
 mod synth_ckpt;
 
 /// Exit code of an input or usage error (the same as clap's for a bad command line).
@@ -44,9 +45,20 @@ fn device_parser() -> impl TypedValueParser<Value = DeviceKind> {
     PossibleValuesParser::new(DeviceKind::ALL.map(DeviceKind::name)).map(|s| DeviceKind::from_name(&s).expect("a listed name"))
 }
 
+/// An operation of `moe op`: one on tensors alone, or a checkpoint's `layer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpName {
+    File(Op),
+    Layer,
+}
+
 /// The operations of `moe op` (SPEC §8), listed in `--help`.
-fn op_parser() -> impl TypedValueParser<Value = Op> {
-    PossibleValuesParser::new(Op::FILE_OPS.map(Op::name)).map(|s| Op::from_name(&s).expect("a listed name"))
+fn op_parser() -> impl TypedValueParser<Value = OpName> {
+    let names: Vec<&'static str> = Op::FILE_OPS.iter().map(|o| o.name()).chain(["layer"]).collect();
+    PossibleValuesParser::new(names).map(|s| match Op::from_name(&s) {
+        Some(op) => OpName::File(op),
+        None => OpName::Layer,
+    })
 }
 
 #[derive(Debug, Parser)]
@@ -74,6 +86,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a synthetic Hugging Face checkpoint (DeepSeek-V3 or Qwen3-MoE layout) for the checkpoint loader.
     SynthCheckpoint(synth_ckpt::SynthCheckpointArgs),
+    /// Run real MoE layers of a Hugging Face checkpoint, check each stage against the CPU reference, and time them.
+    Layer(layer::LayerArgs),
 }
 
 fn parse_scale_fmt(s: &str) -> Result<ScaleFormat, String> {
@@ -127,13 +141,17 @@ struct RunArgs {
     /// each expert's first and last live row, which are always recomputed.
     #[arg(long, default_value_t = 2)]
     check_rows: usize,
+    /// Run every MoE layer of this Hugging Face checkpoint instead of the synthetic layer (as
+    /// `moe layer --checkpoint DIR`, with `--tokens`, `--seed`, `--scale-fmt`, `--numerics`, `--backend`).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["experts", "capacity", "hidden", "intermediate", "topk", "check_rows"])]
+    checkpoint: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 struct OpArgs {
     /// The operation.
     #[arg(value_parser = op_parser())]
-    name: Op,
+    name: OpName,
     /// Input safetensors file.
     #[arg(long = "in", value_name = "IN.safetensors")]
     input: PathBuf,
@@ -176,6 +194,15 @@ struct OpArgs {
     /// route: the factor every weight is multiplied by last (routed_scaling_factor; default 1).
     #[arg(long)]
     routed_scaling: Option<f32>,
+    /// layer: the Hugging Face model directory.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// layer: the layer index.
+    #[arg(long)]
+    layer: Option<usize>,
+    /// layer: also write logits, topk_ids, topk_weights, counts, routed and shared.
+    #[arg(long)]
+    intermediates: bool,
     /// Worker threads of the CPU backend (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -226,6 +253,13 @@ impl Progress {
 
 fn cmd_run(a: RunArgs) -> Result<(), EngineError> {
     set_threads(a.threads)?;
+    if let Some(dir) = a.checkpoint {
+        let args = layer::LayerArgs::whole_model(dir, a.backend, a.tokens, a.seed, a.scale_fmt, a.numerics);
+        return match layer::run(args)? {
+            true => Ok(()),
+            false => Err(EngineError::CheckFailed("a layer's stage-by-stage check".into())),
+        };
+    }
     let cfg = RunConfig {
         experts: a.experts,
         capacity: a.capacity,
@@ -257,6 +291,26 @@ fn cmd_run(a: RunArgs) -> Result<(), EngineError> {
 
 fn cmd_op(a: OpArgs) -> Result<(), EngineError> {
     set_threads(a.threads)?;
+    let op = match a.name {
+        OpName::File(op) => op,
+        OpName::Layer => {
+            let opts = moe_engine::layer::LayerOptions {
+                scale_fmt: a.scale_fmt,
+                numerics: a.numerics,
+                capacity: a.capacity,
+                ..Default::default()
+            };
+            return layer::op(
+                a.backend,
+                a.checkpoint.as_deref(),
+                a.layer,
+                &a.input,
+                &a.output,
+                opts,
+                a.intermediates,
+            );
+        }
+    };
     let opts = OpOptions {
         scale_fmt: a.scale_fmt,
         numerics: a.numerics,
@@ -272,7 +326,7 @@ fn cmd_op(a: OpArgs) -> Result<(), EngineError> {
     };
     let file = MappedFile::open(&a.input)?;
     // Validate before opening a device, so bad input is reported as such on every machine.
-    let inputs = moe_engine::read_inputs(a.name, &opts, file.bytes())?;
+    let inputs = moe_engine::read_inputs(op, &opts, file.bytes())?;
     drop(file);
     let device = Device::open(a.backend)?;
     let outputs = moe_engine::execute(&inputs, device.backend())?;
@@ -304,6 +358,11 @@ fn main() -> ExitCode {
         Command::SynthCheckpoint(a) => synth_ckpt::run(a),
         Command::Diff(a) => return diff::run(a),
         Command::Bench(a) => return bench::run(a),
+        Command::Layer(a) => match layer::run(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(EXIT_FAILURE),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -72,6 +72,7 @@ pub mod array;
 pub mod bench;
 pub mod device;
 pub mod error;
+pub mod layer;
 pub mod ops;
 pub mod pipeline;
 pub mod rng;

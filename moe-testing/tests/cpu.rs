@@ -22,12 +22,23 @@ fn duts_or_skip(_test: &str) -> Option<&'static [(String, Dut)]> {
     }))
 }
 
+/// The device of the layer suite: the CPU backend.
+fn layer_device_or_skip(_test: &str) -> Option<std::sync::Arc<moe_engine::Device>> {
+    static DEV: OnceLock<std::sync::Arc<moe_engine::Device>> = OnceLock::new();
+    Some(
+        DEV.get_or_init(|| std::sync::Arc::new(moe_engine::Device::open(DeviceKind::Cpu).expect("the CPU backend")))
+            .clone(),
+    )
+}
+
 #[path = "suites/experts.rs"]
 mod experts;
 #[path = "suites/gate.rs"]
 mod gate;
 #[path = "suites/gemm.rs"]
 mod gemm;
+#[path = "suites/layer.rs"]
+mod layer;
 #[path = "suites/quant.rs"]
 mod quant;
 #[path = "suites/route.rs"]

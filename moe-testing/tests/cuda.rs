@@ -65,12 +65,25 @@ fn only_a_missing_device_is_a_skip() {
     assert!(driver.is_err(), "a driver error must fail, not skip");
 }
 
+/// The device of the layer suite: the GPU, or `None` after a counted skip (a failure with
+/// `MOE_REQUIRE_GPU=1`), like every other suite's.
+fn layer_device_or_skip(test: &str) -> Option<std::sync::Arc<moe_engine::Device>> {
+    duts_or_skip(test)?;
+    static DEV: OnceLock<std::sync::Arc<moe_engine::Device>> = OnceLock::new();
+    Some(
+        DEV.get_or_init(|| std::sync::Arc::new(moe_engine::Device::open(DeviceKind::Cuda).expect("the GPU opened once already")))
+            .clone(),
+    )
+}
+
 #[path = "suites/experts.rs"]
 mod experts;
 #[path = "suites/gate.rs"]
 mod gate;
 #[path = "suites/gemm.rs"]
 mod gemm;
+#[path = "suites/layer.rs"]
+mod layer;
 #[path = "suites/quant.rs"]
 mod quant;
 #[path = "suites/route.rs"]
