@@ -3,8 +3,8 @@
 //! checkpoint ([`crate::weights::checkpoint`]).
 //!
 //! On the GPU the routed and the shared experts' weights are uploaded once, when the layer is
-//! built, and stay resident ([`moe_cuda::ResidentExperts`]); each [`MoeLayer::forward`] moves
-//! only the activations. The gate, the router, prepare and finalize run through the backend's
+//! built, and stay resident (`moe_cuda::ResidentExperts`, with the `cuda` feature); each
+//! [`MoeLayer::forward`] moves only the activations. The gate, the router, prepare and finalize run through the backend's
 //! host-slice operations (a device-resident prepare, for one graph per layer, is issue 11's).
 //!
 //! ```no_run
