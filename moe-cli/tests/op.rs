@@ -7,7 +7,7 @@ use common::*;
 use half::bf16;
 use moe_core::{
     Activation, Backend, BatchedExperts, BlockQuant, ExpertsInputs, ExpertsStage, ExpertsWorkspace, Finalize, GemmInputs, GroupedGemm,
-    Numerics, Prepare, Route, RouterConfig, ScaleBuf, ScaleFormat, ScaleLayout, Scales, Scoring, SiluMulQuant, TokenGroupQuant, WeightsRef,
+    Numerics, Prepare, Route, RouterConfig, ScaleBuf, ScaleFormat, ScaleLayout, Scales, SiluMulQuant, TokenGroupQuant, WeightsRef,
 };
 use moe_engine::rng::Rng;
 use moe_ref_cpu::CpuBackend;
@@ -239,14 +239,7 @@ fn route_matches_cpu_backend_for_deepseek_v3_and_qwen3() {
     let mut rng = Rng::new(7);
     let m = 5;
     // DeepSeek-V3: sigmoid, a bias, 8 groups of 32, top-4 groups, top-8, renormalized, x2.5.
-    let ds = RouterConfig {
-        n_group: 8,
-        topk_group: 4,
-        renormalize: true,
-        routed_scaling_factor: 2.5,
-        bias: true,
-        ..RouterConfig::new(8, Scoring::Sigmoid)
-    };
+    let ds = RouterConfig::deepseek_v3();
     let ds_flags = [
         "--topk",
         "8",
@@ -261,10 +254,7 @@ fn route_matches_cpu_backend_for_deepseek_v3_and_qwen3() {
         "2.5",
     ];
     // Qwen3-MoE: softmax over 128 experts, top-8, renormalized, no bias.
-    let qwen = RouterConfig {
-        renormalize: true,
-        ..RouterConfig::new(8, Scoring::Softmax)
-    };
+    let qwen = RouterConfig::qwen3_moe();
     let qwen_flags = ["--topk", "8", "--scoring", "softmax", "--renormalize"];
     for (eg, cfg, flags) in [(256, ds, &ds_flags[..]), (128, qwen, &qwen_flags[..])] {
         let p = Route::new(m, eg, cfg).unwrap();

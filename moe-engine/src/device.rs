@@ -36,6 +36,10 @@ impl GemmContract {
     /// The largest `c` SPEC §5.3 allows.
     pub const C_MAX: f64 = 1.0 / 4096.0;
 
+    /// SPEC §5.4 and §5.7: the largest `calc_diff` of an experts stage or a layer against the
+    /// reference on random data, for a bounded GEMM (an exact one is checked bit for bit).
+    pub const CALC_DIFF_MAX: f64 = 1e-5;
+
     /// The contract of the CUDA backend's GEMM kernel `kernel`: SPEC §5.3's for `mma.sync` (the
     /// backend's `grouped_gemm` and experts stage); for the opt-in `wgmma` kernel its own
     /// constant [`moe_cuda::C_WGMMA`], above SPEC's `2^-12` (Hopper's FP8 tensor cores keep

@@ -351,24 +351,11 @@ fn experts_apply_reuses_a_matching_workspace_and_replaces_a_mismatched_one() {
 #[test]
 fn route_agrees_with_groups_ties_and_infinite_logits() {
     let mut rng = Rng(9);
-    let ds = RouterConfig {
-        n_group: 8,
-        topk_group: 4,
-        renormalize: true,
-        routed_scaling_factor: 2.5,
-        bias: true,
-        ..RouterConfig::new(8, Scoring::Sigmoid)
-    };
+    let ds = RouterConfig::deepseek_v3();
     let configs = [
         (256, ds),
         (256, RouterConfig { bias: false, ..ds }),
-        (
-            128,
-            RouterConfig {
-                renormalize: true,
-                ..RouterConfig::new(8, Scoring::Softmax)
-            },
-        ),
+        (128, RouterConfig::qwen3_moe()),
         (
             12,
             RouterConfig {

@@ -73,6 +73,27 @@ impl RouterConfig {
             bias: false,
         }
     }
+
+    /// DeepSeek-V3/R1's router: sigmoid with the `noaux_tc` bias, 8 groups, top-4 groups,
+    /// top-8, renormalized, scaled by 2.5.
+    pub fn deepseek_v3() -> Self {
+        Self {
+            n_group: 8,
+            topk_group: 4,
+            renormalize: true,
+            routed_scaling_factor: 2.5,
+            bias: true,
+            ..Self::new(8, Scoring::Sigmoid)
+        }
+    }
+
+    /// Qwen3-MoE's router: softmax, no groups, no bias, top-8, renormalized.
+    pub fn qwen3_moe() -> Self {
+        Self {
+            renormalize: true,
+            ..Self::new(8, Scoring::Softmax)
+        }
+    }
 }
 
 /// The router of `M` tokens over `Eg` experts (SPEC §5.6), validated.
@@ -247,14 +268,7 @@ mod tests {
     use super::*;
 
     fn ds_v3() -> RouterConfig {
-        RouterConfig {
-            n_group: 8,
-            topk_group: 4,
-            renormalize: true,
-            routed_scaling_factor: 2.5,
-            bias: true,
-            ..RouterConfig::new(8, Scoring::Sigmoid)
-        }
+        RouterConfig::deepseek_v3()
     }
 
     fn setting_of(r: Result<Route>) -> &'static str {
@@ -268,15 +282,7 @@ mod tests {
     fn deepseek_and_qwen_configs_are_valid() {
         let p = Route::new(3, 256, ds_v3()).unwrap();
         assert_eq!((p.tokens(), p.experts(), p.group_size(), p.topk_group()), (3, 256, 32, 4));
-        let q = Route::new(
-            0,
-            128,
-            RouterConfig {
-                renormalize: true,
-                ..RouterConfig::new(8, Scoring::Softmax)
-            },
-        )
-        .unwrap();
+        let q = Route::new(0, 128, RouterConfig::qwen3_moe()).unwrap();
         assert_eq!((q.n_group(), q.group_size(), q.has_bias()), (1, 128, false));
     }
 

@@ -26,7 +26,7 @@ use moe_core::calc_diff_bf16 as calc_diff;
 /// The baseline's acceptance: `calc_diff` below this on the sampled rows.
 pub const BASELINE_CALC_DIFF_MAX: f64 = 1e-3;
 /// The stage's acceptance against the reference (SPEC §5.4).
-pub const STAGE_CALC_DIFF_MAX: f64 = 1e-5;
+pub const STAGE_CALC_DIFF_MAX: f64 = GemmContract::CALC_DIFF_MAX;
 
 /// The experts stage's `calc_diff` bound when its GEMMs run the opt-in wgmma kernel, above SPEC
 /// §5.4's `1e-5`: the FP8 tensor cores' partials (`C_WGMMA`) move `h1` enough to flip the FP8

@@ -33,7 +33,7 @@ use moe_core::{
     RouterConfig, ScaleBuf, ScaleFormat,
 };
 
-pub use check::{check_layer, LayerCheck, StageCheck, LAYER_CALC_DIFF_MAX};
+pub use check::{check_layer, LayerCheck, StageCheck};
 pub use unquantized::forward_unquantized;
 
 use crate::device::Device;
@@ -62,6 +62,17 @@ impl Default for LayerOptions {
             numerics: Numerics::VllmBf16,
             capacity: None,
             max_tokens: 256,
+        }
+    }
+}
+
+impl LayerOptions {
+    /// How the layer's weights are read: every routed expert, and BF16 experts quantized with
+    /// power-of-two scales under a ceil scale format.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            pow2_scales: self.scale_fmt.is_ceil(),
+            experts: None,
         }
     }
 }
@@ -137,13 +148,13 @@ enum Resident {}
 impl MoeLayer {
     /// Loads layer `layer` of the checkpoint in `dir` (SPEC §4.1) onto `device`.
     pub fn from_checkpoint(dir: &Path, layer: usize, device: Arc<Device>, opts: LayerOptions) -> Result<Self, EngineError> {
-        let ckpt = Checkpoint::open(dir)?;
-        let load = LoadOptions {
-            pow2_scales: opts.scale_fmt.is_ceil(),
-            experts: None,
-        };
-        let weights = ckpt.load_layer(layer, &load)?;
-        Self::new(weights, ckpt.config(), device, opts)
+        Self::load(&Checkpoint::open(dir)?, layer, device, opts)
+    }
+
+    /// Loads layer `layer` of an opened checkpoint onto `device` (BF16 experts get power-of-two
+    /// scales under a ceil scale format).
+    pub fn load(ckpt: &Checkpoint, layer: usize, device: Arc<Device>, opts: LayerOptions) -> Result<Self, EngineError> {
+        Self::new(ckpt.load_layer(layer, &opts.load_options())?, ckpt.config(), device, opts)
     }
 
     /// A layer from loaded weights and the model's config.

@@ -68,13 +68,7 @@ pub fn run_layer_op(
     let x = read_x(input, ckpt.config().hidden_size)?;
     let m = x.len() / ckpt.config().hidden_size;
     opts.max_tokens = opts.max_tokens.max(m).max(1);
-    let weights = ckpt.load_layer(
-        layer,
-        &crate::weights::checkpoint::LoadOptions {
-            pow2_scales: opts.scale_fmt.is_ceil(),
-            experts: None,
-        },
-    )?;
+    let weights = ckpt.load_layer(layer, &opts.load_options())?;
     // The inputs are valid before a device is opened, so bad input is reported as such on
     // every machine.
     let device = Arc::new(Device::open(kind)?);
@@ -149,14 +143,7 @@ pub fn run_layer(
     let mut opts = opts;
     opts.max_tokens = opts.max_tokens.max(m).max(1);
     let t0 = Instant::now();
-    let weights = ckpt.load_layer(
-        layer,
-        &crate::weights::checkpoint::LoadOptions {
-            pow2_scales: opts.scale_fmt.is_ceil(),
-            experts: None,
-        },
-    )?;
-    let mut l = MoeLayer::new(weights, ckpt.config(), device, opts)?;
+    let mut l = MoeLayer::load(ckpt, layer, device, opts)?;
     let load_s = t0.elapsed().as_secs_f64();
     let out = l.forward(&x)?;
     let check = check_layer(&l, &x, &out)?;

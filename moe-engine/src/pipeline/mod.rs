@@ -32,7 +32,7 @@ mod limits;
 pub use limits::{footprint, validate, Buffer};
 
 /// The largest end-to-end `calc_diff` accepted against the CPU reference (SPEC §5.4).
-pub const CALC_DIFF_MAX: f64 = 1e-5;
+pub const CALC_DIFF_MAX: f64 = crate::device::GemmContract::CALC_DIFF_MAX;
 
 const STREAM_X: u64 = 1;
 const STREAM_W1: u64 = 2;

@@ -14,24 +14,14 @@ use moe_testing::strategies;
 
 use super::duts_or_skip;
 
-/// DeepSeek-V3's router: sigmoid, a bias, 8 groups, top-4 groups, top-8, renormalized, x2.5.
+/// DeepSeek-V3's router (moe-core's preset).
 fn deepseek_v3() -> RouterConfig {
-    RouterConfig {
-        n_group: 8,
-        topk_group: 4,
-        renormalize: true,
-        routed_scaling_factor: 2.5,
-        bias: true,
-        ..RouterConfig::new(8, Scoring::Sigmoid)
-    }
+    RouterConfig::deepseek_v3()
 }
 
-/// Qwen3-MoE's router: softmax, no groups, no bias, top-8, renormalized.
+/// Qwen3-MoE's router (moe-core's preset).
 fn qwen3() -> RouterConfig {
-    RouterConfig {
-        renormalize: true,
-        ..RouterConfig::new(8, Scoring::Softmax)
-    }
+    RouterConfig::qwen3_moe()
 }
 
 /// Runs `c` on `dut` into poisoned outputs.
